@@ -1,0 +1,30 @@
+# Two commands a new user needs: `make demo` and `make test`. Both set everything up first
+# and are safe to run again.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-stamp
+
+.PHONY: setup test test-fast lint demo clean
+
+setup: $(STAMP)
+
+$(STAMP): scripts/setup.sh pyproject.toml
+	bash scripts/setup.sh
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+test: lint
+	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
+
+# Developer loop: unit tests only (no appliance, no VM boots).
+test-fast: setup
+	$(VENV)/bin/pytest tests -m "not slow" $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) -m tests.guests.demo
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything vmshift and its test suite need on Debian 12, then builds .venv.
+# Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBS=(
+    libguestfs-tools python3-guestfs python3-hivex python3-libnbd python3-libvirt
+    qemu-utils qemu-system-x86 nbdkit libnbd-bin debootstrap
+    libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu libxml2-utils
+    openssh-server openssh-client ovmf python3-venv
+    # libguestfs boots its appliance with the host's kernel.
+    linux-image-amd64
+    # The test-guest factory: NTFS tools, an rpm database writer, cpio for initramfs images.
+    ntfs-3g rpm cpio zstd gdisk dosfstools lvm2
+)
+
+missing=()
+for pkg in "${DEBS[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$pkg")
+    fi
+done
+
+if ((${#missing[@]})); then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    sudo_cmd=()
+    if [[ $(id -u) -ne 0 ]]; then sudo_cmd=(sudo); fi
+    "${sudo_cmd[@]}" apt-get update -q
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The guestfs, hivex, nbd and libvirt bindings exist only for Debian's own interpreter.
+if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import guestfs, hivex' 2>/dev/null; then
+    rm -rf .venv
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/vmshift --version

@@ -1,0 +1,75 @@
+"""The `vmshift` command: a table of subcommands, and exceptions mapped to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from vmshift import __version__
+from vmshift.errors import VmshiftError
+
+# Subcommand name -> module under vmshift.cli that defines add_arguments(parser) and run(args).
+SUBCOMMANDS: dict[str, str] = {
+    "inspect": "vmshift.cli.inspect_cmd",
+}
+
+log = logging.getLogger("vmshift")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmshift", description="Move virtual and physical machines onto KVM."
+    )
+    parser.add_argument("--version", action="version", version=f"vmshift {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="say more; -vv for debug traces"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sp = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        # Accept -v/-q after the subcommand too, as users type them anywhere.
+        sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
+        sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
+        module.add_arguments(sp)
+        sp.set_defaults(run=module.run)
+    return parser
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING
+    if verbose == 1:
+        level = logging.INFO
+    elif verbose >= 2:
+        level = logging.DEBUG
+    logging.basicConfig(level=level, format="vmshift: %(message)s", stream=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    _setup_logging(args.verbose)
+    try:
+        rc: int = args.run(args)
+        return rc
+    except VmshiftError as exc:
+        if args.verbose:
+            log.exception("traceback follows")
+        print(f"vmshift: error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"vmshift: hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("vmshift: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Drawing for the terminal (rich). Library code never prints; the CLI calls these."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from vmshift.model.inspection import InspectionReport, LinuxDetails, OperatingSystem, WindowsDetails
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _kv_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, box=box.SIMPLE, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _yes_no(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+
+def _linux_tables(linux: LinuxDetails) -> list[RenderableType]:
+    kernels = Table(title="Kernels", box=box.SIMPLE_HEAD, title_justify="left")
+    for col in ("version", "virtio_blk", "virtio_net", "virtio_scsi", "initramfs has virtio_blk"):
+        kernels.add_column(col)
+    for k in linux.kernels:
+        kernels.add_row(
+            k.version, k.virtio_blk, k.virtio_net, k.virtio_scsi, _yes_no(k.initramfs_virtio_blk)
+        )
+    boot = linux.bootloader
+    out: list[RenderableType] = [
+        kernels,
+        _kv_table("Bootloader", [("kind", boot.kind), ("config", boot.config or "-")]),
+    ]
+    if linux.network_configs:
+        net = Table(title="Network configuration", box=box.SIMPLE_HEAD, title_justify="left")
+        net.add_column("file")
+        net.add_column("kind")
+        net.add_column("interfaces")
+        for cfg in linux.network_configs:
+            net.add_row(cfg.path, cfg.kind, ", ".join(cfg.interfaces) or "-")
+        out.append(net)
+    return out
+
+
+def _windows_tables(win: WindowsDetails) -> list[RenderableType]:
+    rows = [
+        ("system root", win.systemroot),
+        ("build", win.build or "-"),
+        ("control set", win.current_control_set),
+        ("hibernated", _yes_no(win.hibernated)),
+        ("fast startup", _yes_no(win.fast_startup)),
+    ]
+    drivers = Table(title="Boot-start drivers", box=box.SIMPLE_HEAD, title_justify="left")
+    drivers.add_column("service")
+    drivers.add_column("group")
+    drivers.add_column("image")
+    drivers.add_column("file present")
+    for d in win.boot_drivers:
+        drivers.add_row(d.name, d.group or "-", d.image_path or "-", _yes_no(d.file_present))
+    return [_kv_table("Windows", rows), drivers]
+
+
+def os_renderable(os: OperatingSystem, *, show_apps: bool) -> RenderableType:
+    version = f"{os.major_version}.{os.minor_version}"
+    rows = [
+        ("root", os.root),
+        ("type", os.type),
+        ("distro", os.distro),
+        ("product", os.product_name),
+        ("version", version),
+        ("arch", os.arch),
+        ("hostname", os.hostname),
+        ("packages", f"{os.package_format} / {os.package_manager}"),
+        ("firmware", os.firmware),
+        ("applications", str(len(os.applications))),
+    ]
+    parts: list[RenderableType] = [_kv_table(f"{os.product_name} ({os.root})", rows)]
+
+    fs = Table(title="Filesystems", box=box.SIMPLE_HEAD, title_justify="left")
+    for col in ("device", "mountpoint", "type", "size", "used"):
+        fs.add_column(col)
+    mounted = {dev: mp for mp, dev in os.mountpoints.items()}
+    for f in os.filesystems:
+        fs.add_row(
+            f.device, mounted.get(f.device, "-"), f.type, human_size(f.size), human_size(f.used)
+        )
+    parts.append(fs)
+
+    if os.linux is not None:
+        parts += _linux_tables(os.linux)
+    if os.windows is not None:
+        parts += _windows_tables(os.windows)
+
+    foreign = Table(title="Foreign hypervisor software", box=box.SIMPLE_HEAD, title_justify="left")
+    foreign.add_column("hypervisor")
+    foreign.add_column("name")
+    foreign.add_column("found by")
+    for sw in os.foreign_software:
+        foreign.add_row(sw.kind, sw.name, sw.evidence)
+    parts.append(
+        foreign if os.foreign_software else Text("No foreign hypervisor software found.\n")
+    )
+
+    if show_apps:
+        apps = Table(title="Applications", box=box.SIMPLE_HEAD, title_justify="left")
+        apps.add_column("name")
+        apps.add_column("version")
+        for app in os.applications:
+            ver = app.version + (f"-{app.release}" if app.release else "")
+            apps.add_row(app.name, ver)
+        parts.append(apps)
+    return Group(*parts)
+
+
+def print_report(console: Console, report: InspectionReport, *, show_apps: bool) -> None:
+    disks = ", ".join(f"{d.path} ({d.format}, {human_size(d.virtual_size)})" for d in report.disks)
+    console.print(f"[bold]Disks:[/bold] {disks}")
+    for os in report.operating_systems:
+        console.print(os_renderable(os, show_apps=show_apps))

@@ -1,0 +1,210 @@
+"""Inspection: what operating systems a guest's disks hold, and the facts conversion needs.
+
+Runs on an open GuestSession. Each root is mounted read-only in the appliance, examined, and
+unmounted again, so a dual-boot guest is reported root by root.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vmshift.blockio.imageinfo import probe_image
+from vmshift.errors import InspectionError, NoOperatingSystemError
+from vmshift.guest import foreign, linux_facts, windows_facts
+from vmshift.guest.session import GuestSession, open_session
+from vmshift.model.inspection import (
+    Application,
+    DiskInfo,
+    Filesystem,
+    ForeignSoftware,
+    InspectionReport,
+    LinuxDetails,
+    OperatingSystem,
+    WindowsDetails,
+)
+
+log = logging.getLogger(__name__)
+
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+
+
+def inspect_images(paths: Sequence[Path]) -> InspectionReport:
+    """Open the disks of one guest read-only and inspect every operating system on them."""
+    images = [probe_image(p) for p in paths]
+    with open_session(images, readonly=True) as session:
+        oses = inspect_session(session)
+    return InspectionReport(
+        disks=tuple(DiskInfo(str(i.path), i.display_format, i.virtual_size) for i in images),
+        accelerator=session.accelerator,
+        operating_systems=oses,
+    )
+
+
+def inspect_session(session: GuestSession) -> tuple[OperatingSystem, ...]:
+    g = session.g
+    try:
+        roots = sorted(g.inspect_os())
+    except RuntimeError as exc:
+        raise InspectionError(f"inspection failed: {exc}") from exc
+    if not roots:
+        raise _no_os_error(session)
+    return tuple(_inspect_root(session, root) for root in roots)
+
+
+def _no_os_error(session: GuestSession) -> NoOperatingSystemError:
+    names = ", ".join(str(d.image.path) for d in session.disks)
+    try:
+        filesystems = {
+            dev: kind for dev, kind in session.g.list_filesystems().items() if kind != "unknown"
+        }
+    except RuntimeError:
+        filesystems = {}
+    if not filesystems:
+        return NoOperatingSystemError(
+            f"{names}: no partitions or filesystems found: not a guest disk, or an empty one"
+        )
+    found = ", ".join(f"{dev} ({kind})" for dev, kind in sorted(filesystems.items()))
+    return NoOperatingSystemError(
+        f"{names}: no operating system found (filesystems: {found})",
+        hint="give all the disks of the guest; an OS split over disks needs every one",
+    )
+
+
+def _mount_root(g: Any, root: str) -> dict[str, str]:
+    mountpoints: dict[str, str] = g.inspect_get_mountpoints(root)
+    # Mount parents before children: "/" before "/boot" before "/boot/efi".
+    for mp, dev in sorted(mountpoints.items(), key=lambda item: len(item[0])):
+        try:
+            g.mount_ro(dev, mp)
+        except RuntimeError as exc:
+            log.info("cannot mount %s on %s: %s", dev, mp, exc)
+    return mountpoints
+
+
+def _filesystems(g: Any, root: str, mountpoints: dict[str, str]) -> tuple[Filesystem, ...]:
+    mounted_at = {dev: mp for mp, dev in mountpoints.items()}
+    result = []
+    for dev in sorted(g.inspect_get_filesystems(root)):
+        kind = _try(g.vfs_type, dev) or "unknown"
+        size = used = None
+        mp = mounted_at.get(dev)
+        stat = _try(g.statvfs, mp) if mp else None
+        if stat:
+            size = stat["blocks"] * stat["frsize"]
+            used = (stat["blocks"] - stat["bfree"]) * stat["frsize"]
+        else:
+            size = _try(g.blockdev_getsize64, dev)
+        result.append(
+            Filesystem(
+                device=dev,
+                type=kind,
+                label=_try(g.vfs_label, dev) or None,
+                uuid=_try(g.vfs_uuid, dev) or None,
+                size=size,
+                used=used,
+            )
+        )
+    return tuple(result)
+
+
+def _try(func: Any, *args: Any) -> Any:
+    try:
+        return func(*args)
+    except RuntimeError:
+        return None
+
+
+def _applications(g: Any, root: str, os_type: str) -> tuple[Application, ...]:
+    try:
+        raw = g.inspect_list_applications2(root)
+    except RuntimeError as exc:
+        log.info("cannot list applications: %s", exc)
+        return ()
+    apps = []
+    for app in raw:
+        name = app["app2_name"]
+        if os_type == "windows" and app.get("app2_display_name"):
+            name = app["app2_display_name"]
+        apps.append(
+            Application(
+                name=name,
+                version=app.get("app2_version", ""),
+                release=app.get("app2_release", ""),
+                epoch=int(app.get("app2_epoch", 0)),
+                publisher=app.get("app2_publisher", ""),
+            )
+        )
+    return tuple(sorted(apps, key=lambda a: a.name.lower()))
+
+
+def firmware_of(g: Any, filesystems: Sequence[str]) -> str:
+    """UEFI when a disk holding this OS has an EFI System Partition, else BIOS."""
+    disks = set()
+    for dev in filesystems:
+        whole = _try(g.part_to_dev, dev)
+        if whole:
+            disks.add(whole)
+    for disk in sorted(disks):
+        if _try(g.part_get_parttype, disk) != "gpt":
+            continue
+        for part in g.part_list(disk):
+            guid = _try(g.part_get_gpt_type, disk, part["part_num"])
+            if isinstance(guid, str) and guid.upper() == ESP_GUID:
+                return "uefi"
+    return "bios"
+
+
+def _inspect_root(session: GuestSession, root: str) -> OperatingSystem:
+    g = session.g
+    os_type: str = g.inspect_get_type(root)
+    log.info("inspecting %s (%s)", root, os_type)
+    mountpoints = _mount_root(g, root)
+    try:
+        fs_devices = list(g.inspect_get_filesystems(root))
+        # LVM logical volumes do not map back to a partition: look at every PV's disk instead.
+        if any(dev.startswith("/dev/mapper/") or dev.count("/") > 2 for dev in fs_devices):
+            fs_devices += list(_try(g.pvs) or [])
+        firmware = firmware_of(g, fs_devices)
+        applications = _applications(g, root, os_type)
+        product_name: str = g.inspect_get_product_name(root)
+        linux: LinuxDetails | None = None
+        windows: WindowsDetails | None = None
+        foreign_sw: list[ForeignSoftware] = []
+        if os_type == "linux":
+            linux = LinuxDetails(
+                kernels=linux_facts.list_kernels(g),
+                bootloader=linux_facts.find_bootloader(g, firmware),
+                network_configs=linux_facts.find_network_configs(g),
+            )
+            foreign_sw += foreign.linux_from_packages(applications)
+            foreign_sw += linux_facts.foreign_files(g, foreign.LINUX_FILES)
+        elif os_type == "windows":
+            windows, services = windows_facts.windows_details(g, root, product_name)
+            foreign_sw += foreign.windows_from_apps(applications)
+            foreign_sw += foreign.windows_from_services(services)
+        return OperatingSystem(
+            root=root,
+            type=os_type,
+            distro=g.inspect_get_distro(root),
+            product_name=product_name,
+            product_variant=g.inspect_get_product_variant(root),
+            major_version=g.inspect_get_major_version(root),
+            minor_version=g.inspect_get_minor_version(root),
+            arch=g.inspect_get_arch(root),
+            hostname=g.inspect_get_hostname(root),
+            package_format=g.inspect_get_package_format(root),
+            package_manager=g.inspect_get_package_management(root),
+            osinfo=g.inspect_get_osinfo(root),
+            firmware=firmware,
+            mountpoints=dict(sorted(mountpoints.items())),
+            filesystems=_filesystems(g, root, mountpoints),
+            applications=applications,
+            foreign_software=tuple(foreign_sw),
+            linux=linux,
+            windows=windows,
+        )
+    finally:
+        g.umount_all()

@@ -1,0 +1,247 @@
+"""Facts about an inspected Linux guest that libguestfs inspection does not give directly:
+kernels and their virtio support, the bootloader, network configuration files, and foreign
+hypervisor software installed outside the package manager.
+
+Every function takes a libguestfs handle with the guest's filesystems mounted (read-only is
+enough) and only reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmshift.formats import netconf
+from vmshift.formats.initramfs import InitramfsError, list_initramfs
+from vmshift.model.inspection import (
+    Bootloader,
+    DriverPresence,
+    ForeignSoftware,
+    LinuxKernel,
+    NetworkConfig,
+)
+
+log = logging.getLogger(__name__)
+
+# An initramfs bigger than this is not downloaded for inspection.
+MAX_INITRAMFS = 512 << 20
+
+
+@dataclass(frozen=True)
+class VirtioDriver:
+    module: str  # module file name without .ko
+    config: str  # Kconfig symbol
+
+
+VIRTIO_BLK = VirtioDriver("virtio_blk", "CONFIG_VIRTIO_BLK")
+VIRTIO_NET = VirtioDriver("virtio_net", "CONFIG_VIRTIO_NET")
+VIRTIO_SCSI = VirtioDriver("virtio_scsi", "CONFIG_SCSI_VIRTIO")
+
+KERNEL_GLOBS = ("/boot/vmlinuz-*", "/boot/vmlinux-*")
+INITRAMFS_NAMES = (
+    "/boot/initrd.img-{v}",  # Debian, Ubuntu
+    "/boot/initramfs-{v}.img",  # RHEL, Fedora (dracut)
+    "/boot/initrd-{v}",  # SUSE
+    "/boot/initrd-{v}.img",  # RHEL 5 and older
+)
+
+_MODULE_SUFFIX = re.compile(r"\.ko(\.gz|\.xz|\.zst|\.bz2)?$")
+
+
+def _read_text(g: Any, path: str, limit: int = 4 << 20) -> str | None:
+    try:
+        if not g.is_file(path, followsymlinks=True) or g.filesize(path) > limit:
+            return None
+        data: bytes = g.read_file(path)
+    except RuntimeError as exc:
+        log.debug("cannot read %s: %s", path, exc)
+        return None
+    return data.decode("utf-8", errors="replace")
+
+
+def _glob(g: Any, pattern: str) -> list[str]:
+    try:
+        return sorted(g.glob_expand(pattern))
+    except RuntimeError:
+        return []
+
+
+def _module_dir(g: Any, version: str) -> str | None:
+    for base in ("/lib/modules", "/usr/lib/modules"):
+        path = f"{base}/{version}"
+        try:
+            if g.is_dir(path, followsymlinks=True):
+                return path
+        except RuntimeError:
+            continue
+    return None
+
+
+def _module_names(listing: str) -> set[str]:
+    """Module names (without .ko and directories) from modules.builtin or modules.dep text."""
+    names = set()
+    for line in listing.splitlines():
+        path = line.split(":", 1)[0].strip()
+        if path:
+            names.add(_MODULE_SUFFIX.sub("", path.rsplit("/", 1)[-1]))
+    return names
+
+
+def _kconfig(text: str | None) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for line in (text or "").splitlines():
+        if line.startswith("CONFIG_") and "=" in line:
+            key, _, value = line.partition("=")
+            values[key] = value.strip()
+    return values
+
+
+def _presence(
+    drv: VirtioDriver, builtin: set[str], modules: set[str], config: dict[str, str]
+) -> DriverPresence:
+    if drv.module in builtin or config.get(drv.config) == "y":
+        return DriverPresence.BUILTIN
+    if drv.module in modules:
+        return DriverPresence.MODULE
+    return DriverPresence.ABSENT
+
+
+def _installed_modules(g: Any, moddir: str | None) -> set[str]:
+    if moddir is None:
+        return set()
+    dep = _read_text(g, f"{moddir}/modules.dep", limit=64 << 20)
+    if dep is not None:
+        return _module_names(dep)
+    # No modules.dep (depmod never ran): look for the files themselves.
+    names = set()
+    for sub in ("drivers/block", "drivers/net", "drivers/scsi", "drivers/virtio"):
+        for path in _glob(g, f"{moddir}/kernel/{sub}/*.ko*"):
+            names.add(_MODULE_SUFFIX.sub("", path.rsplit("/", 1)[-1]))
+    return names
+
+
+def _initramfs_modules(g: Any, path: str) -> set[str] | None:
+    try:
+        if g.filesize(path) > MAX_INITRAMFS:
+            log.info("%s is larger than %d MiB: not read", path, MAX_INITRAMFS >> 20)
+            return None
+        with tempfile.TemporaryDirectory(prefix="vmshift-initrd-") as tmp:
+            local = Path(tmp) / "initrd"
+            g.download(path, str(local))
+            members = list_initramfs(local.read_bytes())
+    except (RuntimeError, InitramfsError) as exc:
+        log.info("cannot read initramfs %s: %s", path, exc)
+        return None
+    return {
+        _MODULE_SUFFIX.sub("", m.rsplit("/", 1)[-1]) for m in members if _MODULE_SUFFIX.search(m)
+    }
+
+
+def list_kernels(g: Any) -> tuple[LinuxKernel, ...]:
+    kernels = []
+    for pattern in KERNEL_GLOBS:
+        for path in _glob(g, pattern):
+            name = path.rsplit("/", 1)[-1]
+            version = name.split("-", 1)[1]
+            # RHEL's rescue kernel is a copy of another kernel with a generic initramfs.
+            if "rescue" in version or not g.is_file(path, followsymlinks=True):
+                continue
+            kernels.append(_kernel(g, path, version))
+    return tuple(kernels)
+
+
+def _kernel(g: Any, path: str, version: str) -> LinuxKernel:
+    moddir = _module_dir(g, version)
+    builtin = _module_names(_read_text(g, f"{moddir}/modules.builtin") or "") if moddir else set()
+    modules = _installed_modules(g, moddir)
+    config = _kconfig(_read_text(g, f"/boot/config-{version}"))
+    initramfs = next(
+        (
+            p
+            for p in (t.format(v=version) for t in INITRAMFS_NAMES)
+            if g.is_file(p, followsymlinks=True)
+        ),
+        None,
+    )
+    in_initrd = _initramfs_modules(g, initramfs) if initramfs else None
+
+    def has(drv: VirtioDriver) -> bool | None:
+        return None if in_initrd is None else drv.module in in_initrd
+
+    return LinuxKernel(
+        version=version,
+        path=path,
+        initramfs=initramfs,
+        virtio_blk=_presence(VIRTIO_BLK, builtin, modules, config),
+        virtio_net=_presence(VIRTIO_NET, builtin, modules, config),
+        virtio_scsi=_presence(VIRTIO_SCSI, builtin, modules, config),
+        initramfs_virtio_blk=has(VIRTIO_BLK),
+        initramfs_virtio_net=has(VIRTIO_NET),
+        initramfs_virtio_scsi=has(VIRTIO_SCSI),
+    )
+
+
+def find_bootloader(g: Any, firmware: str) -> Bootloader:
+    efi_grub = _glob(g, "/boot/efi/EFI/*/grub.cfg")
+    candidates: list[tuple[str, list[str]]] = [
+        ("grub2", ["/boot/grub2/grub.cfg", "/boot/grub/grub.cfg", *efi_grub]),
+        ("grub1", ["/boot/grub/menu.lst", "/boot/grub/grub.conf"]),
+        ("extlinux", ["/boot/extlinux/extlinux.conf", "/boot/syslinux/syslinux.cfg"]),
+        ("systemd-boot", ["/boot/efi/loader/loader.conf", "/efi/loader/loader.conf"]),
+    ]
+    for kind, paths in candidates:
+        for path in paths:
+            try:
+                if g.is_file(path, followsymlinks=True):
+                    return Bootloader(kind=kind, firmware=firmware, config=path)
+            except RuntimeError:
+                continue
+    return Bootloader(kind="unknown", firmware=firmware, config=None)
+
+
+def find_network_configs(g: Any) -> tuple[NetworkConfig, ...]:
+    found: list[NetworkConfig] = []
+
+    def add(path: str, kind: str, names: tuple[str, ...]) -> None:
+        found.append(NetworkConfig(path=path, kind=kind, interfaces=names))
+
+    for path in ["/etc/network/interfaces", *_glob(g, "/etc/network/interfaces.d/*")]:
+        text = _read_text(g, path)
+        if text is not None:
+            add(path, "ifupdown", netconf.ifupdown_interfaces(text))
+    for path in _glob(g, "/etc/netplan/*.yaml") + _glob(g, "/etc/netplan/*.yml"):
+        text = _read_text(g, path)
+        if text is not None:
+            add(path, "netplan", netconf.netplan_interfaces(text))
+    for directory, kind in (
+        ("/etc/sysconfig/network-scripts", "ifcfg"),
+        ("/etc/sysconfig/network", "wicked"),
+    ):
+        for path in _glob(g, f"{directory}/ifcfg-*"):
+            text = _read_text(g, path)
+            if text is not None:
+                name = path.rsplit("/", 1)[-1]
+                add(path, kind, netconf.ifcfg_interfaces(text, name))
+    for path in _glob(g, "/etc/NetworkManager/system-connections/*"):
+        text = _read_text(g, path)
+        if text is not None:
+            add(path, "networkmanager", netconf.nmconnection_interfaces(text))
+    for pattern in ("/etc/systemd/network/*.network", "/etc/systemd/network/*.link"):
+        for path in _glob(g, pattern):
+            text = _read_text(g, path)
+            if text is not None:
+                add(path, "systemd-networkd", netconf.networkd_interfaces(text))
+    return tuple(found)
+
+
+def foreign_files(g: Any, table: list[tuple[str, str, Any]]) -> list[ForeignSoftware]:
+    found = []
+    for pattern, name, kind in table:
+        for path in _glob(g, pattern):
+            found.append(ForeignSoftware(kind, name, f"file {path}"))
+            break
+    return found

@@ -1,0 +1,101 @@
+"""The libguestfs handle of one conversion: launched once, shared by inspection and conversion.
+
+Guest filesystems are only ever touched inside the libguestfs appliance, never mounted on the
+host kernel: the filesystems are untrusted and may be crafted to exploit a kernel driver.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from vmshift.blockio.imageinfo import ImageInfo
+from vmshift.errors import EnvironmentProblem, InspectionError
+from vmshift.guest.accel import detect_accelerator
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AttachedDisk:
+    image: ImageInfo
+    readonly: bool
+    appliance_device: str  # /dev/sda, /dev/sdb ... inside the appliance
+
+
+def _import_guestfs() -> Any:
+    try:
+        import guestfs
+    except ImportError as exc:
+        raise EnvironmentProblem(
+            "the libguestfs Python binding (python3-guestfs) is not importable",
+            hint="run 'make setup', or create the venv with --system-site-packages",
+        ) from exc
+    return guestfs
+
+
+class GuestSession:
+    """One launched libguestfs appliance with a guest's disks attached."""
+
+    def __init__(self, handle: Any, disks: Sequence[AttachedDisk], accelerator: str) -> None:
+        self.g = handle
+        self.disks = tuple(disks)
+        self.accelerator = accelerator
+
+    def close(self) -> None:
+        try:
+            self.g.shutdown()
+        except RuntimeError as exc:
+            log.debug("appliance shutdown: %s", exc)
+        self.g.close()
+
+    def device_to_disk(self, device: str) -> AttachedDisk | None:
+        """The attached disk that holds an appliance device such as /dev/sdb2."""
+        try:
+            whole = self.g.part_to_dev(device)
+        except RuntimeError:
+            whole = device
+        for disk in self.disks:
+            if disk.appliance_device == whole:
+                return disk
+        return None
+
+
+@contextmanager
+def open_session(images: Sequence[ImageInfo], *, readonly: bool = True) -> Iterator[GuestSession]:
+    """Attach images (already checked by probe_image) and launch the appliance."""
+    guestfs = _import_guestfs()
+    accel = detect_accelerator()
+    g = guestfs.GuestFS(python_return_dict=True)
+    if not accel.is_kvm:
+        g.set_backend_settings(["force_tcg"])
+    log.info("launching the libguestfs appliance (%s)", accel.name.upper())
+    attached: list[AttachedDisk] = []
+    try:
+        for index, image in enumerate(images):
+            g.add_drive_opts(str(image.path), format=image.format, readonly=readonly)
+            attached.append(AttachedDisk(image, readonly, f"/dev/sd{chr(ord('a') + index)}"))
+        try:
+            g.launch()
+        except RuntimeError as exc:
+            raise InspectionError(
+                f"the libguestfs appliance failed to start: {exc}",
+                hint="run 'libguestfs-test-tool' to see why",
+            ) from exc
+        # Device names in the appliance follow the order drives were added, but ask to be sure.
+        devices = list(g.list_devices())
+        attached = [
+            AttachedDisk(d.image, d.readonly, devices[i]) if i < len(devices) else d
+            for i, d in enumerate(attached)
+        ]
+        session = GuestSession(g, attached, accel.name)
+    except BaseException:
+        g.close()
+        raise
+    try:
+        yield session
+    finally:
+        session.close()

@@ -1,0 +1,136 @@
+"""Facts about an inspected Windows guest read from its registry and system volume.
+
+The hives are downloaded from the appliance into a private temporary directory and parsed by
+hivex; the guest's system volume must be mounted (read-only is enough) at /.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from vmshift.guest.registry import Hive
+from vmshift.model.inspection import WindowsDetails, WindowsDriver
+
+log = logging.getLogger(__name__)
+
+SERVICE_BOOT_START = 0
+# Kernel and filesystem drivers; services of other types do not load at boot.
+DRIVER_TYPES = {1, 2}
+# hiberfil.sys starts with one of these while it holds a hibernated (or Fast Startup) image.
+HIBERNATION_SIGNATURES = {b"hibr", b"HIBR", b"wake", b"WAKE"}
+
+CURRENT_VERSION = r"Microsoft\Windows NT\CurrentVersion"
+
+
+def _case_path(g: Any, path: str) -> str | None:
+    """The real path of a file on a case-insensitive NTFS volume, or None if absent."""
+    try:
+        real: str = g.case_sensitive_path(path)
+        return real if g.exists(real) else None
+    except RuntimeError:
+        return None
+
+
+def _download_hive(g: Any, guest_path: str, tmp: Path) -> Hive | None:
+    local = tmp / guest_path.rsplit("/", 1)[-1]
+    try:
+        g.download(guest_path, str(local))
+    except RuntimeError as exc:
+        log.info("cannot download %s: %s", guest_path, exc)
+        return None
+    return Hive(local)
+
+
+def _driver_file(systemroot: str, image_path: str, name: str) -> str:
+    """Turn a service ImagePath into a path on the system volume."""
+    path = image_path.replace("\\", "/")
+    if not path:
+        return f"{systemroot}/System32/drivers/{name}.sys"
+    lowered = path.lower()
+    for prefix in ("\\systemroot\\", "/systemroot/", "%systemroot%/"):
+        if lowered.startswith(prefix.replace("\\", "/")):
+            return f"{systemroot}/{path[len(prefix) :]}"
+    if lowered.startswith("/??/") or lowered.startswith("//?/"):
+        path = path[4:]
+        lowered = path.lower()
+    if len(path) > 2 and path[1] == ":":
+        return path[2:]
+    if lowered.startswith("system32/"):
+        return f"{systemroot}/{path}"
+    return path if path.startswith("/") else f"{systemroot}/{path}"
+
+
+def boot_drivers(g: Any, system: Hive, ccs: str, systemroot: str) -> tuple[WindowsDriver, ...]:
+    services = system.node(rf"{ccs}\Services")
+    if services is None:
+        return ()
+    drivers = []
+    for name, node in system.subkeys(services):
+        if system.value(node, "Start") != SERVICE_BOOT_START:
+            continue
+        if system.value(node, "Type") not in DRIVER_TYPES:
+            continue
+        group = system.value(node, "Group")
+        image = system.value(node, "ImagePath")
+        image_path = image if isinstance(image, str) else ""
+        file_path = _driver_file(systemroot, image_path, name)
+        drivers.append(
+            WindowsDriver(
+                name=name,
+                group=group if isinstance(group, str) else "",
+                image_path=image_path,
+                file_present=_case_path(g, file_path) is not None,
+            )
+        )
+    return tuple(sorted(drivers, key=lambda d: d.name.lower()))
+
+
+def service_names(system: Hive, ccs: str) -> list[str]:
+    services = system.node(rf"{ccs}\Services")
+    return [] if services is None else [name for name, _node in system.subkeys(services)]
+
+
+def is_hibernated(g: Any) -> bool:
+    path = _case_path(g, "/hiberfil.sys")
+    if path is None:
+        return False
+    try:
+        if g.filesize(path) < 4:
+            return False
+        header: bytes = g.pread(path, 4, 0)
+    except RuntimeError:
+        return False
+    return header in HIBERNATION_SIGNATURES
+
+
+def windows_details(
+    g: Any, root: str, product_name: str
+) -> tuple[WindowsDetails | None, list[str]]:
+    """Windows facts for root (mounted at /) and the names of all services, for foreign tools."""
+    systemroot: str = g.inspect_get_windows_systemroot(root)
+    ccs: str = g.inspect_get_windows_current_control_set(root)
+    with tempfile.TemporaryDirectory(prefix="vmshift-hives-") as tmpdir:
+        tmp = Path(tmpdir)
+        system = _download_hive(g, g.inspect_get_windows_system_hive(root), tmp)
+        software = _download_hive(g, g.inspect_get_windows_software_hive(root), tmp)
+        if system is None or software is None:
+            return None, []
+        build = (
+            software.get_str(CURRENT_VERSION, "CurrentBuildNumber")
+            or software.get_str(CURRENT_VERSION, "CurrentBuild")
+            or ""
+        )
+        power = system.get_int(rf"{ccs}\Control\Session Manager\Power", "HiberbootEnabled")
+        details = WindowsDetails(
+            systemroot=systemroot,
+            product_name=product_name,
+            build=build,
+            current_control_set=ccs,
+            boot_drivers=boot_drivers(g, system, ccs, systemroot),
+            hibernated=is_hibernated(g),
+            fast_startup=power == 1,
+        )
+        return details, service_names(system, ccs)

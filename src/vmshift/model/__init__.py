@@ -1,0 +1,1 @@
+"""Frozen data types shared by the stages; no I/O here."""

@@ -1,0 +1,59 @@
+"""Shared fixtures: the CLI runner and the guests the suite builds for itself."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.guests.manifest import BuiltGuest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# libguestfs and qemu must not try KVM where it cannot work; the product detects this itself,
+# but test helpers that call libguestfs directly rely on this setting.
+os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
+
+
+def vmshift(
+    args: Sequence[str | os.PathLike[str]], *, check: bool = False, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed `vmshift` command the way a user would."""
+    exe = Path(sys.executable).parent / "vmshift"
+    return subprocess.run(
+        [str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout, check=check
+    )
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session")
+def linux_guests() -> dict[str, BuiltGuest]:
+    from tests.guests.linux import build_all
+
+    return build_all()
+
+
+@pytest.fixture(scope="session")
+def windows_guests() -> dict[str, BuiltGuest]:
+    from tests.guests.windows import build_all
+
+    return build_all()
+
+
+@pytest.fixture(scope="session")
+def real_debian() -> BuiltGuest:
+    from tests.guests.debian_real import build_real_debian
+
+    return build_real_debian()

@@ -1,0 +1,1 @@
+"""Builders of the guests the test suite converts and inspects (like virt-v2v's test-data)."""
