@@ -13,7 +13,7 @@ $(STAMP): scripts/setup.sh pyproject.toml
 	touch $(STAMP)
 
 lint: setup
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 
 test: lint

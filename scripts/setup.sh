@@ -12,7 +12,7 @@ DEBS=(
     # libguestfs boots its appliance with the host's kernel.
     linux-image-amd64
     # The test-guest factory: NTFS tools, an rpm database writer, cpio for initramfs images.
-    ntfs-3g rpm cpio zstd gdisk dosfstools lvm2
+    ntfs-3g rpm cpio zstd gdisk fdisk dosfstools lvm2 libhivex-bin file initramfs-tools-core
 )
 
 missing=()

@@ -15,8 +15,26 @@ from tests.guests.manifest import BuiltGuest
 
 pytestmark = pytest.mark.slow
 
-LINUX = ["debian", "ubuntu", "rhel", "suse", "debian-lvm", "debian-uefi", "debian-twodisks"]
-WINDOWS = ["win-xp", "win7", "win2008r2", "win10", "win2022", "win11", "win10-uefi"]
+LINUX = [
+    "debian",
+    "ubuntu",
+    "rhel",
+    "suse",
+    "debian-lvm",
+    "debian-uefi",
+    "debian-twodisks",
+    "nokernel",
+]
+WINDOWS = [
+    "win-xp",
+    "win7",
+    "win2008r2",
+    "win10",
+    "win2022",
+    "win11",
+    "win10-uefi",
+    "win10-hibernated",
+]
 
 
 def _inspect(guest: BuiltGuest) -> dict[str, Any]:
@@ -110,3 +128,13 @@ def test_every_image_format(
     report = _inspect(BuiltGuest(guest.name, (image,), guest.oses))
     assert [(d["path"], d["format"]) for d in report["disks"]] == [(str(image), shown)]
     assert compare_report(report, guest) == []
+
+
+@pytest.mark.realguest
+def test_real_debian_inspection_matches_builder(real_debian: BuiltGuest) -> None:
+    report = _inspect(real_debian)
+    assert compare_report(report, real_debian) == []
+    (kernel,) = report["operating_systems"][0]["linux"]["kernels"]
+    # Built as if on VMware: nothing in the initramfs can drive a virtio disk yet.
+    assert kernel["initramfs_virtio_blk"] is False
+    assert kernel["initramfs_virtio_net"] is False

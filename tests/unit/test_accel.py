@@ -46,7 +46,7 @@ def test_failed_probe_means_tcg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
     monkeypatch.setattr(Path, "read_text", fake_read)
     monkeypatch.setattr(Path, "exists", lambda self: True)
-    monkeypatch.setattr(accel.os, "access", lambda *a: True)
+    monkeypatch.setattr("vmshift.guest.accel.os.access", lambda *a: True)
     monkeypatch.setattr(
         accel, "_probe_qemu_kvm", lambda: "qemu with KVM failed: failed to set MSR 0x10a"
     )

@@ -90,7 +90,8 @@ def os_renderable(os: OperatingSystem, *, show_apps: bool) -> RenderableType:
         ("firmware", os.firmware),
         ("applications", str(len(os.applications))),
     ]
-    parts: list[RenderableType] = [_kv_table(f"{os.product_name} ({os.root})", rows)]
+    title = f"{os.type} on {os.root}: {os.product_name}"
+    parts: list[RenderableType] = [_kv_table(title, rows)]
 
     fs = Table(title="Filesystems", box=box.SIMPLE_HEAD, title_justify="left")
     for col in ("device", "mountpoint", "type", "size", "used"):
@@ -130,6 +131,6 @@ def os_renderable(os: OperatingSystem, *, show_apps: bool) -> RenderableType:
 
 def print_report(console: Console, report: InspectionReport, *, show_apps: bool) -> None:
     disks = ", ".join(f"{d.path} ({d.format}, {human_size(d.virtual_size)})" for d in report.disks)
-    console.print(f"[bold]Disks:[/bold] {disks}")
+    console.print(f"[bold]Disks:[/bold] {disks}", soft_wrap=True)
     for os in report.operating_systems:
         console.print(os_renderable(os, show_apps=show_apps))

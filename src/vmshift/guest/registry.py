@@ -51,7 +51,11 @@ class Hive:
             yield self._h.node_name(child), child
 
     def value(self, node: int, name: str) -> RegValue | None:
-        val = self._h.node_get_value(node, name)
+        # The binding raises instead of returning 0 when a value is missing, so look it up here.
+        wanted = name.lower()
+        val = next(
+            (v for v in self._h.node_values(node) if self._h.value_key(v).lower() == wanted), None
+        )
         if not val:
             return None
         kind, _length = self._h.value_type(val)
@@ -63,7 +67,11 @@ class Hive:
             if kind == REG_QWORD:
                 return int(self._h.value_qword(val))
             if kind == REG_MULTI_SZ:
-                return [str(s) for s in self._h.value_multiple_strings(val)]
+                strings = [str(s) for s in self._h.value_multiple_strings(val)]
+                # The binding reports the list terminator as a trailing empty string.
+                while strings and strings[-1] == "":
+                    strings.pop()
+                return strings
         except RuntimeError:
             # Malformed data of a declared type: fall back to the raw bytes.
             pass
