@@ -7,22 +7,31 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from vmshift import __version__
 from vmshift.errors import VmshiftError
 
 # Subcommand name -> module under vmshift.cli that defines add_arguments(parser) and run(args).
 SUBCOMMANDS: dict[str, str] = {
+    "convert": "vmshift.cli.convert_cmd",
     "inspect": "vmshift.cli.inspect_cmd",
 }
 
 log = logging.getLogger("vmshift")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line naming it, as every other vmshift error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"vmshift: error: {message}", file=sys.stderr)
+        print(f"vmshift: hint: see '{self.prog} --help'", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vmshift", description="Move virtual and physical machines onto KVM."
-    )
+    parser = _Parser(prog="vmshift", description="Move virtual and physical machines onto KVM.")
     parser.add_argument("--version", action="version", version=f"vmshift {__version__}")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="say more; -vv for debug traces"

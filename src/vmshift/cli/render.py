@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import time
+
 from rich import box
 from rich.console import Console, Group, RenderableType
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
+from vmshift.blockio.progress import Event, StageEvent
 from vmshift.model.inspection import InspectionReport, LinuxDetails, OperatingSystem, WindowsDetails
+from vmshift.model.vm import SourceVM
 
 
 def human_size(n: int | None) -> str:
@@ -134,3 +147,103 @@ def print_report(console: Console, report: InspectionReport, *, show_apps: bool)
     console.print(f"[bold]Disks:[/bold] {disks}", soft_wrap=True)
     for os in report.operating_systems:
         console.print(os_renderable(os, show_apps=show_apps))
+
+
+class ProgressPrinter:
+    """Shows pipeline events: rich bars, plain lines (--machine-readable), or nothing (-q).
+
+    Events may arrive from copier threads; rich's Progress is thread-safe, and the plain
+    printer writes whole lines.
+    """
+
+    def __init__(self, *, quiet: bool, machine_readable: bool, console: Console) -> None:
+        self.quiet = quiet
+        self.machine_readable = machine_readable
+        self.console = console
+        self.started = time.monotonic()
+        self.progress: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
+        self.last_percent: dict[str, int] = {}
+
+    def __enter__(self) -> ProgressPrinter:
+        if not self.quiet and not self.machine_readable:
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                TextColumn("{task.percentage:>3.0f}%"),
+                BarColumn(),
+                DownloadColumn(binary_units=True),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(elapsed_when_finished=True),
+                console=self.console,
+            )
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def event(self, ev: Event) -> None:
+        if self.quiet:
+            return
+        if isinstance(ev, StageEvent):
+            stamp = time.monotonic() - self.started
+            if self.machine_readable:
+                print(f"stage {ev.stage} {stamp:.1f} {ev.message}", flush=True)
+            else:
+                self.console.print(f"[{stamp:6.1f}] {ev.message}")
+            return
+        if self.machine_readable:
+            percent = int(ev.done * 100 / ev.total) if ev.total else 100
+            if self.last_percent.get(ev.disk) != percent or ev.finished:
+                self.last_percent[ev.disk] = percent
+                print(f"copy {ev.label} {ev.done} {ev.total} {percent}%", flush=True)
+            return
+        if self.progress is None:
+            return
+        task = self.tasks.get(ev.disk)
+        if task is None:
+            task = self.progress.add_task(ev.label, total=ev.total)
+            self.tasks[ev.disk] = task
+        self.progress.update(task, completed=ev.done)
+
+
+def print_source_vm(console: Console, vm: SourceVM) -> None:
+    topology = (
+        f" ({vm.topology.sockets} sockets x {vm.topology.cores} cores x {vm.topology.threads})"
+        if vm.topology
+        else ""
+    )
+    rows = [
+        ("name", vm.name),
+        ("origin", vm.origin),
+        ("source", vm.source_file or "-"),
+        ("memory", human_size(vm.memory)),
+        ("vCPUs", f"{vm.vcpus}{topology}"),
+        ("firmware", str(vm.firmware)),
+        ("guest OS hint", vm.os_hint or "-"),
+    ]
+    console.print(_kv_table("Source guest", rows))
+    disks = Table(title="Disks", box=box.SIMPLE_HEAD, title_justify="left")
+    for col in ("name", "controller", "bus:unit", "format", "size", "file"):
+        disks.add_column(col)
+    for d in vm.disks:
+        ctl = d.controller + (f" ({d.controller_model})" if d.controller_model else "")
+        disks.add_row(
+            d.name, ctl, f"{d.bus}:{d.unit}", d.endpoint.format,
+            human_size(d.endpoint.virtual_size), d.endpoint.uri,
+        )  # fmt: skip
+    console.print(disks)
+    if vm.removables:
+        rem = Table(title="Removable drives", box=box.SIMPLE_HEAD, title_justify="left")
+        for col in ("kind", "controller", "bus:unit", "media"):
+            rem.add_column(col)
+        for r in vm.removables:
+            rem.add_row(r.kind, r.controller, f"{r.bus}:{r.unit}", r.source_path or "-")
+        console.print(rem)
+    nics = Table(title="Network interfaces", box=box.SIMPLE_HEAD, title_justify="left")
+    for col in ("model", "MAC", "network"):
+        nics.add_column(col)
+    for n in vm.nics:
+        nics.add_row(n.model, n.mac or "(generated)", f"{n.network_type} {n.network or '-'}")
+    console.print(nics)

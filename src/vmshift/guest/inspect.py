@@ -55,7 +55,7 @@ def inspect_session(session: GuestSession) -> tuple[OperatingSystem, ...]:
 
 
 def _no_os_error(session: GuestSession) -> NoOperatingSystemError:
-    names = ", ".join(str(d.image.path) for d in session.disks)
+    names = ", ".join(d.label for d in session.disks)
     try:
         filesystems = {
             dev: kind for dev, kind in session.g.list_filesystems().items() if kind != "unknown"
@@ -73,12 +73,14 @@ def _no_os_error(session: GuestSession) -> NoOperatingSystemError:
     )
 
 
-def _mount_root(g: Any, root: str) -> dict[str, str]:
+def mount_os(g: Any, root: str, *, readonly: bool = True) -> dict[str, str]:
+    """Mount every filesystem of an OS at its mountpoint; return mountpoint -> device."""
     mountpoints: dict[str, str] = g.inspect_get_mountpoints(root)
+    mount = g.mount_ro if readonly else g.mount
     # Mount parents before children: "/" before "/boot" before "/boot/efi".
     for mp, dev in sorted(mountpoints.items(), key=lambda item: len(item[0])):
         try:
-            g.mount_ro(dev, mp)
+            mount(dev, mp)
         except RuntimeError as exc:
             log.info("cannot mount %s on %s: %s", dev, mp, exc)
     return mountpoints
@@ -161,7 +163,7 @@ def _inspect_root(session: GuestSession, root: str) -> OperatingSystem:
     g = session.g
     os_type: str = g.inspect_get_type(root)
     log.info("inspecting %s (%s)", root, os_type)
-    mountpoints = _mount_root(g, root)
+    mountpoints = mount_os(g, root)
     try:
         fs_devices = list(g.inspect_get_filesystems(root))
         # LVM logical volumes do not map back to a partition: look at every PV's disk instead.

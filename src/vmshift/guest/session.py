@@ -24,6 +24,7 @@ class AttachedDisk:
     image: ImageInfo
     readonly: bool
     appliance_device: str  # /dev/sda, /dev/sdb ... inside the appliance
+    label: str  # how to name this disk to the user: the source file, not an overlay
 
 
 def _import_guestfs() -> Any:
@@ -65,8 +66,14 @@ class GuestSession:
 
 
 @contextmanager
-def open_session(images: Sequence[ImageInfo], *, readonly: bool = True) -> Iterator[GuestSession]:
-    """Attach images (already checked by probe_image) and launch the appliance."""
+def open_session(
+    images: Sequence[ImageInfo], *, readonly: bool = True, labels: Sequence[str] | None = None
+) -> Iterator[GuestSession]:
+    """Attach images (already checked by probe_image) and launch the appliance.
+
+    labels name the disks in messages (an overlay is reported as the source it stands for).
+    """
+    names = list(labels) if labels is not None else [str(i.path) for i in images]
     guestfs = _import_guestfs()
     accel = detect_accelerator()
     g = guestfs.GuestFS(python_return_dict=True)
@@ -76,8 +83,13 @@ def open_session(images: Sequence[ImageInfo], *, readonly: bool = True) -> Itera
     attached: list[AttachedDisk] = []
     try:
         for index, image in enumerate(images):
-            g.add_drive_opts(str(image.path), format=image.format, readonly=readonly)
-            attached.append(AttachedDisk(image, readonly, f"/dev/sd{chr(ord('a') + index)}"))
+            if readonly:
+                g.add_drive_opts(str(image.path), format=image.format, readonly=True)
+            else:
+                # Writable drives are always overlays: let fstrim free their clusters.
+                g.add_drive_opts(str(image.path), format=image.format, discard="besteffort")
+            device = f"/dev/sd{chr(ord('a') + index)}"
+            attached.append(AttachedDisk(image, readonly, device, names[index]))
         try:
             g.launch()
         except RuntimeError as exc:
@@ -88,7 +100,7 @@ def open_session(images: Sequence[ImageInfo], *, readonly: bool = True) -> Itera
         # Device names in the appliance follow the order drives were added, but ask to be sure.
         devices = list(g.list_devices())
         attached = [
-            AttachedDisk(d.image, d.readonly, devices[i]) if i < len(devices) else d
+            AttachedDisk(d.image, d.readonly, devices[i], d.label) if i < len(devices) else d
             for i, d in enumerate(attached)
         ]
         session = GuestSession(g, attached, accel.name)

@@ -1,0 +1,228 @@
+"""`vmshift convert`: virt-v2v's command line, the whole pipeline, and a one-line verdict."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from vmshift.cli.options import memory_size, network_map
+from vmshift.cli.render import ProgressPrinter, print_source_vm
+from vmshift.convert.base import ConvertOptions
+from vmshift.errors import UsageError
+from vmshift.pipeline import ConversionResult, RunOptions, run_conversion
+from vmshift.sources import SOURCES
+from vmshift.sources.base import Source, SourceOptions
+from vmshift.targets import TARGETS
+from vmshift.targets.base import Target, TargetOptions
+
+HELP = "convert a guest to run on KVM (virt-v2v compatible options)"
+
+TARGET_ALIASES = {"disk": "local"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("args", nargs="*", metavar="ARG", help="the guest: a file, disks, or a name")
+    p.add_argument(
+        "-i",
+        dest="input",
+        default="libvirt",
+        metavar="INPUT",
+        help=f"input: {', '.join(SOURCES)} (default libvirt)",
+    )
+    p.add_argument("-ic", dest="input_conn", metavar="URI", help="input connection URI")
+    p.add_argument("-it", dest="input_transport", metavar="TRANSPORT", help="input transport")
+    p.add_argument("-if", dest="input_format", metavar="FORMAT", help="input disk format")
+    p.add_argument(
+        "-o",
+        dest="output",
+        default="libvirt",
+        metavar="OUTPUT",
+        help=f"output: {', '.join(TARGETS)} (default libvirt)",
+    )
+    p.add_argument(
+        "-os",
+        dest="output_storage",
+        metavar="STORAGE",
+        help="output storage: a directory (local, qemu) or a pool (libvirt)",
+    )
+    p.add_argument("-oc", dest="output_conn", metavar="URI", help="output connection URI")
+    p.add_argument(
+        "-of",
+        dest="output_format",
+        default="raw",
+        choices=["raw", "qcow2"],
+        help="output disk format (default raw)",
+    )
+    p.add_argument(
+        "-oa",
+        dest="output_alloc",
+        default="sparse",
+        choices=["sparse", "preallocated"],
+        help="output allocation (default sparse)",
+    )
+    p.add_argument("-on", dest="output_name", metavar="NAME", help="rename the guest")
+    p.add_argument(
+        "--network",
+        action="append",
+        metavar="[IN:]OUT",
+        help="map source network IN (or every unmapped NIC) to libvirt network OUT",
+    )
+    p.add_argument(
+        "--bridge",
+        action="append",
+        metavar="[IN:]OUT",
+        help="map source network IN (or every unmapped NIC) to bridge OUT",
+    )
+    p.add_argument(
+        "--mac",
+        action="append",
+        metavar="MAC:network|bridge:OUT",
+        help="map the NIC with this MAC address",
+    )
+    p.add_argument(
+        "--root", metavar="DEVICE|first", help="which OS to convert when the guest has several"
+    )
+    p.add_argument(
+        "--block-driver",
+        choices=["virtio-blk", "virtio-scsi"],
+        default="virtio-blk",
+        help="virtio disk driver to use (default virtio-blk)",
+    )
+    p.add_argument("--memory", metavar="SIZE", help="memory of the guest (default: the source's)")
+    p.add_argument("--vcpus", type=int, metavar="N", help="vCPUs of the guest")
+    p.add_argument(
+        "--name",
+        dest="source_name",
+        metavar="NAME",
+        help="guest name for -i disk (default: from the first disk's file name)",
+    )
+    p.add_argument("--print-source", action="store_true", help="print what was read and exit")
+    p.add_argument("--qemu-boot", action="store_true", help="with -o qemu: boot the result")
+    p.add_argument(
+        "--machine-readable",
+        action="store_true",
+        help="print progress as plain lines for other programs",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        metavar="DIR",
+        help="where overlays live during the conversion (default: $TMPDIR)",
+    )
+
+
+def _instantiate(table: dict[str, str], name: str, kind: str, opts: Any) -> Any:
+    if name not in table:
+        flag = "-i" if kind == "input" else "-o"
+        raise UsageError(f"{flag} {name}: unknown {kind}; choose from {', '.join(table)}")
+    module_name, _, class_name = table[name].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(opts)
+
+
+def make_source(args: argparse.Namespace) -> Source:
+    opts = SourceOptions(
+        args=tuple(args.args),
+        conn=args.input_conn,
+        transport=args.input_transport,
+        input_format=args.input_format,
+        memory=memory_size(args.memory) if args.memory else None,
+        vcpus=args.vcpus,
+        name=args.source_name,
+    )
+    if not args.args:
+        raise UsageError(f"-i {args.input}: name the guest (a file, disk images or a guest name)")
+    source: Source = _instantiate(SOURCES, args.input, "input", opts)
+    return source
+
+
+def make_target(args: argparse.Namespace) -> Target:
+    opts = TargetOptions(
+        storage=args.output_storage,
+        conn=args.output_conn,
+        format=args.output_format,
+        allocation=args.output_alloc,
+        name=args.output_name,
+        networks=network_map(args.network, args.bridge, args.mac),
+        qemu_boot=args.qemu_boot,
+    )
+    if args.qemu_boot and args.output != "qemu":
+        raise UsageError("--qemu-boot works only with -o qemu")
+    name = TARGET_ALIASES.get(args.output, args.output)
+    target: Target = _instantiate(TARGETS, name, "output", opts)
+    return target
+
+
+def verdict(result: ConversionResult) -> str:
+    name = result.target.name
+    caps = result.caps
+    if caps.virtio:
+        drivers = f" ({', '.join(caps.drivers_installed)})" if caps.drivers_installed else ""
+        return f"vmshift: {name} configured with virtio drivers{drivers}."
+    why = "; ".join(caps.warnings) or "no virtio drivers available for this guest"
+    return (
+        f"vmshift: warning: {name} was NOT configured with virtio drivers ({why}); "
+        f"it will use {caps.block_bus} disks and an {caps.net_model} network card (slower)."
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    source = make_source(args)
+    if args.print_source:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="vmshift-") as tmp:
+            try:
+                vm = source.open(Path(tmp))
+            finally:
+                source.close()
+        print_source_vm(Console(), vm)
+        return 0
+    target = make_target(args)
+    if args.memory or args.vcpus:
+        source = _Overridden(source, memory_size(args.memory) if args.memory else None, args.vcpus)
+    printer = ProgressPrinter(
+        quiet=args.quiet, machine_readable=args.machine_readable, console=Console(stderr=True)
+    )
+    run_opts = RunOptions(
+        out_format=args.output_format,
+        preallocated=args.output_alloc == "preallocated",
+        convert=ConvertOptions(block_driver=args.block_driver),
+        root=args.root,
+        workdir_parent=args.workdir,
+    )
+    with printer:
+        result = run_conversion(source, target, run_opts, printer.event)
+    if not args.quiet:
+        print(result.target.description)
+    print(verdict(result), file=sys.stdout)
+    return 0
+
+
+class _Overridden:
+    """A source whose memory/vCPUs the command line replaces."""
+
+    def __init__(self, inner: Source, memory: int | None, vcpus: int | None) -> None:
+        self.inner = inner
+        self.memory = memory
+        self.vcpus = vcpus
+
+    def open(self, workdir: Path) -> Any:
+        import dataclasses
+
+        vm = self.inner.open(workdir)
+        changes: dict[str, Any] = {}
+        if self.memory:
+            changes["memory"] = self.memory
+        if self.vcpus:
+            changes["vcpus"] = self.vcpus
+            changes["topology"] = None
+        return dataclasses.replace(vm, **changes)
+
+    def close(self) -> None:
+        self.inner.close()

@@ -1,0 +1,31 @@
+"""What the converted guest can run on: decided by conversion, used by targets.
+
+A target builds the output machine from these, never from the source's devices: a VMware
+guest's pvscsi disk becomes whatever bus the converted guest can boot from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vmshift.model.vm import Firmware
+
+
+@dataclass(frozen=True)
+class GuestCaps:
+    block_bus: str  # virtio-blk, virtio-scsi, sata, ide
+    net_model: str  # virtio, e1000, e1000e, rtl8139
+    video: str  # virtio, qxl, vga, cirrus
+    machine: str  # q35 or pc (i440fx)
+    firmware: Firmware  # BIOS or UEFI, never UNKNOWN here
+    arch: str  # x86_64, i686
+    virtio_rng: bool = False
+    virtio_balloon: bool = False
+    virtio_serial: bool = False  # the qemu guest agent channel needs it
+    # What conversion did, in plain words, for the final line and the report.
+    drivers_installed: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def virtio(self) -> bool:
+        return self.block_bus.startswith("virtio") and self.net_model == "virtio"

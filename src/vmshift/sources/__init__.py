@@ -1,0 +1,12 @@
+"""Sources: where a guest comes from (-i). Each module holds one; SOURCES maps -i names."""
+
+from __future__ import annotations
+
+# -i NAME -> "module:Class". Imported lazily so a broken optional source cannot break others.
+SOURCES: dict[str, str] = {
+    "disk": "vmshift.sources.disk:DiskSource",
+    "vmx": "vmshift.sources.vmx:VmxSource",
+    "ova": "vmshift.sources.ova:OvaSource",
+    "libvirtxml": "vmshift.sources.libvirtxml:LibvirtXmlSource",
+    "libvirt": "vmshift.sources.libvirt:LibvirtSource",
+}

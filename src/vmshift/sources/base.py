@@ -1,0 +1,43 @@
+"""The Source contract: turn what the user named with -i into a SourceVM with readable disks.
+
+Example of a source module:
+
+    class DiskSource:
+        def __init__(self, opts: SourceOptions) -> None: ...
+        def open(self, workdir: Path) -> SourceVM: ...   # read metadata, expose disks
+        def close(self) -> None: ...                     # stop helpers (nbdkit ...), idempotent
+
+open() must not write to any source file; it may create files under workdir (which the
+pipeline removes). Disks are exposed as DiskEndpoints a qemu-based reader can open
+read-only: a local path with its real format, or an NBD URI served by a helper process.
+Errors are SourceError/DiskImageError naming the file at fault.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from vmshift.model.vm import SourceVM
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """What the command line says about the source."""
+
+    args: tuple[str, ...]  # the positional arguments: a file, several disks, or a guest name
+    conn: str | None = None  # -ic URI
+    transport: str | None = None  # -it
+    input_format: str | None = None  # -if: the disks' format, when detection must be overridden
+    # Overrides/defaults for sources without metadata (-i disk).
+    memory: int | None = None
+    vcpus: int | None = None
+    name: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Source(Protocol):
+    def open(self, workdir: Path) -> SourceVM: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,455 @@
+"""-i vmx: a VMware guest described by a .vmx file, with its VMDKs on a local filesystem.
+
+The VMX gives the hardware; each disk's VMDK descriptor (and, for a snapshot, the chain of
+parent descriptors) is checked before anything opens it: every extent and parent must exist
+and no file name may reach outside the VM's directory. qemu then reads the disk as the VMX
+names it; it follows the extents and the snapshot chain itself, so the endpoint of a disk
+with snapshots is its current state.
+
+Where qemu would misread a descriptor that VMware reads fine (a file named by an absolute
+ESXi path but copied next to the VMX, a RDONLY or ZERO extent, a createType qemu does not
+know), an equivalent descriptor is written under workdir and the endpoint names that one.
+Source files are only ever opened read-only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmshift.blockio.imageinfo import probe_image
+from vmshift.errors import DiskImageError, SourceError, UsageError
+from vmshift.formats.vmdk_descriptor import (
+    CREATE_TYPES,
+    Extent,
+    UnsafeReference,
+    VmdkDescriptor,
+    VmdkDescriptorError,
+    format_descriptor,
+    is_absolute_reference,
+    read_descriptor,
+    resolve_reference,
+)
+from vmshift.formats.vmx import VmxFile, load_vmx
+from vmshift.model.vm import (
+    Controller,
+    CpuTopology,
+    DiskEndpoint,
+    Firmware,
+    Nic,
+    Removable,
+    SourceDisk,
+    SourceVM,
+)
+from vmshift.sources.base import SourceOptions
+
+MIB = 1 << 20
+MAX_VMX = 16 * MIB  # a VMX is a few KiB; a bigger file was named by mistake
+MAX_CHAIN = 255  # VMware's own limit on the depth of a snapshot chain
+# VMware's defaults when the VMX does not say.
+DEFAULT_MEMORY_MIB = 32
+DEFAULT_NIC_MODEL = "vlance"
+
+# Disk order: by controller kind in this order, then bus, then unit.
+CONTROLLERS = {
+    "scsi": Controller.SCSI,
+    "sata": Controller.SATA,
+    "ide": Controller.IDE,
+    "nvme": Controller.NVME,
+}
+_DEVICE_KEY = re.compile(r"^(scsi|sata|ide|nvme)(\d+):(\d+)\.present$")
+_INDEXED_KEY = re.compile(r"^(ethernet|floppy)(\d+)\.present$")
+_MAC = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
+CDROM_TYPES = frozenset({"cdrom-image", "atapi-cdrom", "cdrom-raw"})
+DISK_TYPES = frozenset({"", "disk", "scsi-harddisk", "ata-harddisk", "plaindisk", "rawdisk"})
+
+# createTypes whose data is not in files vmshift could copy.
+# fmt: off
+DEVICE_CREATE_TYPES = frozenset({
+    "vmfsRaw", "vmfsRawDeviceMap", "vmfsPassthroughRawDeviceMap", "fullDevice", "partitionedDevice"
+})
+UNSUPPORTED_CREATE_TYPES = frozenset({"vsanSparse", "custom"})
+# The text-descriptor createTypes qemu's vmdk driver accepts.
+QEMU_CREATE_TYPES = frozenset({
+    "monolithicFlat", "vmfs", "vmfsSparse", "seSparse", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat"
+})
+# fmt: on
+
+
+@dataclass(frozen=True)
+class _Slot:
+    kind: str
+    bus: int
+    unit: int
+
+    @property
+    def controller(self) -> Controller:
+        return CONTROLLERS[self.kind]
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}{self.bus}:{self.unit}"
+
+    def sort_key(self) -> tuple[int, int, int]:
+        return (list(CONTROLLERS).index(self.kind), self.bus, self.unit)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One file of a disk's snapshot chain, checked."""
+
+    path: Path  # the descriptor (or the sparse file holding it)
+    desc: VmdkDescriptor
+    extent_files: tuple[Path | None, ...]  # per extent line; None for ZERO; () if embedded
+    parent: Path | None
+    needs_rewrite: bool  # qemu would misread this descriptor as it is
+
+
+@dataclass(frozen=True)
+class _Disk:
+    slot: _Slot
+    model: str | None
+    chain: tuple[_Layer, ...]  # the file the VMX names first
+
+
+class VmxSource:
+    """Reads a .vmx file and the VMDKs it names (see the module docstring)."""
+
+    def __init__(self, opts: SourceOptions) -> None:
+        if len(opts.args) != 1:
+            raise UsageError("-i vmx takes exactly one argument: the guest's .vmx file")
+        if opts.transport is not None:
+            raise UsageError(f"-i vmx: -it {opts.transport} is not supported; copy the VM locally")
+        self.display = opts.args[0]
+        self.path = Path(opts.args[0]).absolute()
+
+    def open(self, workdir: Path) -> SourceVM:
+        vmx = self._load()
+        disks = [self._check_disk(vmx, slot) for slot in _disk_slots(vmx)]
+        if not disks:
+            raise SourceError(
+                f"{self.display}: no disks found (no present scsiN:M, sataN:M, ideN:M or "
+                "nvmeN:M hard disk)"
+            )
+        # Every disk's files were checked above, before anything is written or probed.
+        source_disks = tuple(
+            self._expose(disk, workdir, drive_name(i)) for i, disk in enumerate(disks)
+        )
+        vcpus = vmx.get_int("numvcpus", 1)
+        memory_mib = vmx.get_int("memsize", DEFAULT_MEMORY_MIB)
+        if vcpus < 1 or memory_mib < 1:
+            raise SourceError(f"{self.display}: numvcpus and memsize must be positive")
+        return SourceVM(
+            name=vmx.get("displayname") or self.path.stem,
+            memory=memory_mib * MIB,
+            vcpus=vcpus,
+            topology=_topology(vmx, vcpus),
+            firmware=_firmware(vmx),
+            disks=source_disks,
+            removables=self._removables(vmx),
+            nics=_nics(vmx),
+            origin="vmware",
+            os_hint=vmx.get("guestos") or None,
+            source_file=str(self.path),
+            extra=_extra(vmx),
+        )
+
+    def close(self) -> None:
+        """Nothing to stop: the disks are local files qemu opens itself."""
+
+    def _load(self) -> VmxFile:
+        try:
+            with self.path.open("rb") as f:
+                data = f.read(MAX_VMX + 1)
+        except FileNotFoundError as exc:
+            raise SourceError(f"{self.display}: no such file") from exc
+        except IsADirectoryError as exc:
+            raise SourceError(f"{self.display}: is a directory, not a .vmx file") from exc
+        except PermissionError as exc:
+            raise SourceError(f"{self.display}: permission denied") from exc
+        except OSError as exc:
+            raise SourceError(f"{self.display}: cannot read: {exc.strerror}") from exc
+        if len(data) > MAX_VMX:
+            raise SourceError(f"{self.display}: not a .vmx file (too large)")
+        return load_vmx(data, path=self.display)
+
+    # Disks: check everything first ------------------------------------------------------
+
+    def _check_disk(self, vmx: VmxFile, slot: _Slot) -> _Disk:
+        key = slot.label
+        name = vmx.get(f"{key}.filename", "")
+        where = f"{self.display}: disk {key}"
+        if not name:
+            raise SourceError(f"{where}: no fileName")
+        top = self._reference(name, self.path.parent, where)
+        if not top.is_file():
+            raise DiskImageError(f'{where}: "{name}" not found ({top})')
+        chain: list[_Layer] = []
+        seen: set[Path] = set()
+        path: Path | None = top
+        context = f"{where} {name}"
+        while path is not None:
+            if path.resolve() in seen or len(chain) >= MAX_CHAIN:
+                raise DiskImageError(f"{context}: snapshot chain loops or is too long")
+            seen.add(path.resolve())
+            layer = self._check_layer(path, context)
+            expected, actual = chain[-1].desc.parent_cid if chain else None, layer.desc.cid
+            if expected is not None and actual is not None and expected != actual:
+                raise DiskImageError(
+                    f"{context}: changed after the snapshot above it was taken (CID mismatch)",
+                    hint="VMware would refuse this chain too; consolidate the snapshots first",
+                )
+            chain.append(layer)
+            if layer.parent is not None:
+                context = f'{where} {name}: parent "{self._shown(layer.parent)}"'
+            path = layer.parent
+        model = vmx.get(f"{slot.kind}{slot.bus}.virtualdev") if slot.kind == "scsi" else None
+        return _Disk(slot, model.lower() if model else None, tuple(chain))
+
+    def _check_layer(self, path: Path, where: str) -> _Layer:
+        try:
+            desc = read_descriptor(path)
+        except VmdkDescriptorError as exc:
+            raise DiskImageError(f"{where}: {exc.message}", hint=exc.hint) from exc
+        except OSError as exc:
+            raise DiskImageError(f"{where}: cannot read: {exc.strerror}") from exc
+        ctype = desc.create_type
+        if ctype in DEVICE_CREATE_TYPES or any(
+            e.kind in ("VMFSRDM", "VMFSRAW") for e in desc.extents
+        ):
+            raise DiskImageError(
+                f"{where}: a raw device mapping or physical disk ({ctype}); its data is on the "
+                "device, not in a file",
+                hint="convert the VM from vSphere, or copy the LUN into a disk image first",
+            )
+        if ctype in UNSUPPORTED_CREATE_TYPES or ctype not in CREATE_TYPES:
+            raise DiskImageError(f"{where}: VMDK type {ctype!r} cannot be read")
+        rewrite = not desc.embedded and ctype not in QEMU_CREATE_TYPES
+        files: list[Path | None] = []
+        for extent in () if desc.embedded else desc.extents:
+            if extent.access == "NOACCESS":
+                raise DiskImageError(f'{where}: extent "{extent.filename}" is NOACCESS')
+            # qemu skips RDONLY and ZERO lines, wants an offset on FLAT lines and refuses
+            # one on VMFS lines, where VMware accepts all of these: rewrite.
+            rewrite |= extent.access != "RW" or extent.kind == "ZERO"
+            rewrite |= extent.kind == "FLAT" and extent.offset is None
+            rewrite |= extent.kind == "VMFS" and extent.offset is not None
+            if extent.filename is None:
+                files.append(None)
+                continue
+            rewrite |= is_absolute_reference(extent.filename)
+            file = self._reference(extent.filename, path.parent, f"{where}: extent")
+            if not file.is_file():
+                raise DiskImageError(f'{where}: extent "{extent.filename}" not found')
+            files.append(file)
+        parent = None
+        hint = desc.parent_filename_hint
+        if hint is not None:
+            rewrite |= is_absolute_reference(hint)
+            parent = self._reference(hint, path.parent, f"{where}: parent")
+            if not parent.is_file():
+                raise DiskImageError(f'{where}: parent "{hint}" not found')
+        elif desc.has_parent:
+            raise DiskImageError(f"{where}: a snapshot (delta) disk without parentFileNameHint")
+        return _Layer(path, desc, tuple(files), parent, rewrite)
+
+    def _reference(self, name: str, base: Path, where: str) -> Path:
+        try:
+            return resolve_reference(name, base)
+        except UnsafeReference as exc:
+            raise DiskImageError(
+                f"{where} {exc}",
+                hint="keep the VM's files in one directory, with the names the VMX uses",
+            ) from exc
+
+    def _shown(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.path.parent))
+        except ValueError:
+            return str(path)
+
+    # Disks: expose them to qemu --------------------------------------------------------
+
+    def _expose(self, disk: _Disk, workdir: Path, name: str) -> SourceDisk:
+        top = _rewrite_chain(disk.chain, workdir / "vmx", name)
+        where = f"{self.display}: disk {disk.slot.label}"
+        try:
+            info = probe_image(top)
+        except DiskImageError as exc:
+            raise DiskImageError(f"{where}: {exc.message}", hint=exc.hint) from exc
+        if info.format != "vmdk":
+            raise DiskImageError(f"{where}: {top}: qemu does not read it as a VMDK")
+        return SourceDisk(
+            endpoint=DiskEndpoint(uri=str(top), format="vmdk", virtual_size=info.virtual_size),
+            controller=disk.slot.controller,
+            bus=disk.slot.bus,
+            unit=disk.slot.unit,
+            controller_model=disk.model,
+            name=name,
+        )
+
+    # Removable media -------------------------------------------------------------------
+
+    def _removables(self, vmx: VmxFile) -> tuple[Removable, ...]:
+        found: list[Removable] = []
+        for slot in _slots(vmx):
+            key = slot.label
+            if vmx.get(f"{key}.devicetype", "").lower() not in CDROM_TYPES:
+                continue
+            # atapi-cdrom and cdrom-raw are the host's drive: nothing of the guest's is in it.
+            image = vmx.get(f"{key}.devicetype", "").lower() == "cdrom-image"
+            path = self._media_path(vmx.get(f"{key}.filename")) if image else None
+            found.append(Removable("cdrom", slot.controller, slot.bus, slot.unit, path))
+        for n in _indexes(vmx, "floppy"):
+            is_file = vmx.get(f"floppy{n}.filetype", "file").lower() == "file"
+            path = self._media_path(vmx.get(f"floppy{n}.filename")) if is_file else None
+            found.append(Removable("floppy", Controller.UNKNOWN, 0, n, path))
+        return tuple(found)
+
+    def _media_path(self, name: str | None) -> str | None:
+        # Never opened, so never validated: only reported, as the source host's path.
+        if not name:
+            return None
+        return name if is_absolute_reference(name) else str(self.path.parent / name)
+
+
+def _rewrite_chain(chain: tuple[_Layer, ...], outdir: Path, name: str) -> Path:
+    """The file to give qemu for the top of chain: the VMX's own file when qemu reads every
+    descriptor of the chain correctly, else descriptors written under outdir."""
+    exposed: Path | None = None  # the exposed form of the layer below the current one
+    rewritten_below = False
+    for depth, layer in reversed(list(enumerate(chain))):
+        if not (layer.needs_rewrite or rewritten_below):
+            exposed = layer.path
+            continue
+        outdir.mkdir(parents=True, exist_ok=True)
+        target = outdir / f"{name}-{depth}.vmdk"
+        parent = str(exposed) if layer.parent is not None and exposed is not None else None
+        target.write_text(format_descriptor(_qemu_descriptor(layer, parent, target)))
+        exposed, rewritten_below = target, True
+    assert exposed is not None
+    return exposed
+
+
+def _qemu_descriptor(layer: _Layer, parent: str | None, target: Path) -> VmdkDescriptor:
+    desc = layer.desc
+    if desc.embedded:
+        # The sparse file is its own extent; qemu reads its data through a text descriptor.
+        sparse = Extent("RW", desc.capacity_sectors, "SPARSE", str(layer.path.absolute()))
+        return dataclasses.replace(
+            desc,
+            create_type="twoGbMaxExtentSparse",
+            extents=(sparse,),
+            parent_filename_hint=parent,
+            embedded=False,
+        )
+    extents: list[Extent] = []
+    for index, (original, found) in enumerate(zip(desc.extents, layer.extent_files, strict=True)):
+        extent, file = original, found
+        if file is None:  # ZERO: a sparse file of zeros costs nothing and qemu reads it
+            file = target.with_name(f"{target.stem}-zero{index}.raw")
+            with file.open("wb") as f:
+                f.truncate(extent.sectors * 512)
+            extent = dataclasses.replace(extent, kind="FLAT", offset=0)
+        if extent.kind in ("FLAT", "VMFS"):  # the same data; qemu wants FLAT with an offset
+            extent = dataclasses.replace(extent, kind="FLAT", offset=extent.offset or 0)
+        extents.append(dataclasses.replace(extent, access="RW", filename=str(file.absolute())))
+    ctype = desc.create_type
+    if ctype not in QEMU_CREATE_TYPES:
+        flat = all(e.kind in ("FLAT", "VMFS") for e in extents)
+        ctype = "vmfs" if flat else "twoGbMaxExtentSparse"
+    return dataclasses.replace(
+        desc, create_type=ctype, extents=tuple(extents), parent_filename_hint=parent
+    )
+
+
+# The VMX's hardware ---------------------------------------------------------------------
+
+
+def _slots(vmx: VmxFile) -> list[_Slot]:
+    """Present devices on present controllers, in disk order."""
+    slots = []
+    for key in vmx:
+        match = _DEVICE_KEY.match(key)
+        if match is None or not vmx.get_bool(key):
+            continue
+        kind, bus, unit = match.group(1), int(match.group(2)), int(match.group(3))
+        # A device on a controller that is explicitly absent is not there for VMware either.
+        if not vmx.get_bool(f"{kind}{bus}.present", True):
+            continue
+        slots.append(_Slot(kind, bus, unit))
+    return sorted(slots, key=_Slot.sort_key)
+
+
+def _disk_slots(vmx: VmxFile) -> list[_Slot]:
+    return [s for s in _slots(vmx) if vmx.get(f"{s.label}.devicetype", "").lower() in DISK_TYPES]
+
+
+def _indexes(vmx: VmxFile, prefix: str) -> list[int]:
+    found = []
+    for key in vmx:
+        match = _INDEXED_KEY.match(key)
+        if match and match.group(1) == prefix and vmx.get_bool(key):
+            found.append(int(match.group(2)))
+    return sorted(found)
+
+
+def _topology(vmx: VmxFile, vcpus: int) -> CpuTopology | None:
+    cores = vmx.get_int("cpuid.corespersocket")
+    if cores is None or cores < 1 or vcpus % cores:
+        return None
+    return CpuTopology(sockets=vcpus // cores, cores=cores, threads=1)
+
+
+def _firmware(vmx: VmxFile) -> Firmware:
+    value = vmx.get("firmware", "").strip().lower()
+    return {"efi": Firmware.UEFI, "bios": Firmware.BIOS}.get(value, Firmware.UNKNOWN)
+
+
+def _nics(vmx: VmxFile) -> tuple[Nic, ...]:
+    nics = []
+    for n in _indexes(vmx, "ethernet"):
+        key = f"ethernet{n}"
+        address_type = vmx.get(f"{key}.addresstype", "").lower()
+        if address_type == "static":
+            mac = vmx.get(f"{key}.address")
+        elif address_type in ("generated", "vpx"):
+            mac = vmx.get(f"{key}.generatedaddress")
+        else:
+            mac = vmx.get(f"{key}.address") or vmx.get(f"{key}.generatedaddress")
+        connection = vmx.get(f"{key}.connectiontype", "").lower()
+        network = vmx.get(f"{key}.networkname") or (
+            vmx.get(f"{key}.vnet") if connection == "custom" else connection
+        )
+        model = vmx.get(f"{key}.virtualdev", DEFAULT_NIC_MODEL).lower()
+        nics.append(Nic(mac=normalise_mac(mac), model=model, network=network or None))
+    return tuple(nics)
+
+
+def _extra(vmx: VmxFile) -> dict[str, str]:
+    keys = {
+        "vmware.uuid": "uuid.bios",
+        "vmware.hw_version": "virtualhw.version",
+        "vmware.secure_boot": "uefi.secureboot.enabled",
+    }
+    return {name: value for name, key in keys.items() if (value := vmx.get(key))}
+
+
+def normalise_mac(value: str | None) -> str | None:
+    """Lower-case colon form, or None (let the target make one) if value is no MAC."""
+    if not value:
+        return None
+    mac = value.strip().lower().replace("-", ":")
+    return mac if _MAC.match(mac) else None
+
+
+def drive_name(index: int) -> str:
+    """sda, sdb ... sdz, sdaa ... as Linux names disks."""
+    letters = ""
+    index += 1
+    while index:
+        index, rem = divmod(index - 1, 26)
+        letters = chr(ord("a") + rem) + letters
+    return "sd" + letters

@@ -1,0 +1,83 @@
+"""The Target contract: check early, make output disks, then describe the guest.
+
+    target = LocalTarget(opts)
+    target.check(vm)                  # before any slow work: options, directory, pool, name
+    outs = target.setup(vm, disks)    # one OutputDisk per source disk, under temporary names
+    ...the pipeline copies into outs[i].path...
+    result = target.finalize(vm, inspection, caps, outs)   # rename into place, write XML ...
+    target.abort()                    # on any failure: remove what setup/finalize made
+
+abort() must leave nothing that looks like a complete guest. Errors are TargetError naming
+the option or path at fault.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from vmshift.model.caps import GuestCaps
+from vmshift.model.inspection import OperatingSystem
+from vmshift.model.vm import SourceVM
+
+
+@dataclass(frozen=True)
+class NetworkMap:
+    """--network/--bridge/--mac mappings. Keys: source network name, or MAC (lower case)."""
+
+    networks: dict[str, str] = field(default_factory=dict)  # in network -> out network
+    bridges: dict[str, str] = field(default_factory=dict)  # in network -> out bridge
+    macs: dict[str, tuple[str, str]] = field(default_factory=dict)  # mac -> (type, name)
+    default: tuple[str, str] | None = None  # (type, name) for everything else
+
+    def map(self, mac: str | None, network: str | None) -> tuple[str, str]:
+        """The (type, name) a source NIC connects to on the target."""
+        if mac and mac.lower() in self.macs:
+            return self.macs[mac.lower()]
+        if network is not None and network in self.networks:
+            return ("network", self.networks[network])
+        if network is not None and network in self.bridges:
+            return ("bridge", self.bridges[network])
+        if self.default is not None:
+            return self.default
+        return ("network", "default")
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    storage: str | None = None  # -os
+    conn: str | None = None  # -oc
+    format: str = "raw"  # -of
+    allocation: str = "sparse"  # -oa: sparse or preallocated
+    name: str | None = None  # -on
+    networks: NetworkMap = field(default_factory=NetworkMap)
+    qemu_boot: bool = False
+
+
+@dataclass(frozen=True)
+class OutputDisk:
+    path: Path  # where the copier writes (a temporary name until finalize)
+    final_path: Path  # where it ends up
+    format: str  # raw or qcow2
+    preallocated: bool
+    virtual_size: int
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    name: str
+    description: str  # one line for the user: where the guest now is
+    files: tuple[Path, ...] = ()
+
+
+class Target(Protocol):
+    def check(self, vm: SourceVM) -> None: ...
+
+    def setup(self, vm: SourceVM, sizes: list[int]) -> list[OutputDisk]: ...
+
+    def finalize(
+        self, vm: SourceVM, os: OperatingSystem, caps: GuestCaps, disks: list[OutputDisk]
+    ) -> TargetResult: ...
+
+    def abort(self) -> None: ...

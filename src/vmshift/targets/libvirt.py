@@ -1,0 +1,280 @@
+"""-o libvirt [-oc URI] [-os POOL]: disks in a libvirt storage pool, the guest defined there.
+
+Directory-backed pools (dir, fs, netfs) are written like -o local writes a directory: the
+copier creates DIR/.NAME-sda.tmp, finalize renames it to DIR/NAME-sda and refreshes the pool,
+so a half-copied disk never shows up as a volume. Any other pool (logical, disk, iscsi ...)
+gets its volumes created through the API first (raw only: a block device has no qcow2), and
+the copier writes into the existing device. The guest is defined, never started.
+
+The pool must be on this host: vmshift writes the disks itself rather than streaming them
+through libvirt's volume upload API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, cast
+
+from lxml import etree
+
+from vmshift.errors import TargetError
+from vmshift.formats.libvirt_xml import domain_xml
+from vmshift.guest.accel import detect_accelerator
+from vmshift.model.caps import GuestCaps
+from vmshift.model.inspection import OperatingSystem
+from vmshift.model.vm import SourceVM
+from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult
+from vmshift.targets.local import check_format_options, disk_file_name, output_name
+
+DEFAULT_URI = "qemu:///system"
+DEFAULT_POOL = "default"
+DIRECTORY_POOLS = ("dir", "fs", "netfs")
+
+
+def _ignore_libvirt_error(_ctx: object, _err: object) -> None:
+    """libvirt's default handler prints every error to stderr; we raise ours instead."""
+
+
+def _libvirt() -> Any:
+    try:
+        import libvirt
+    except ImportError as exc:
+        raise TargetError(
+            "-o libvirt needs the libvirt Python binding", hint="install python3-libvirt"
+        ) from exc
+    libvirt.registerErrorHandler(_ignore_libvirt_error, None)
+    return libvirt
+
+
+def _xml(text: str) -> etree._Element:
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    return etree.fromstring(text.encode(), parser)
+
+
+class LibvirtTarget:
+    def __init__(self, opts: TargetOptions) -> None:
+        self._opts = opts
+        self._uri = opts.conn or DEFAULT_URI
+        self._pool_name = opts.storage or DEFAULT_POOL
+        self._lv: Any = None
+        self._conn: Any = None
+        self._pool: Any = None
+        self._pool_dir: Path | None = None  # set for directory-backed pools
+        self._name = ""
+        self._temps: list[Path] = []
+        self._files: list[Path] = []  # final disk files this run made in a directory pool
+        self._volumes: list[str] = []  # volumes this run created through the API
+        self._domain: Any = None
+
+    # -- check ----------------------------------------------------------------------------
+
+    def check(self, vm: SourceVM) -> None:
+        check_format_options(self._opts)
+        self._name = output_name(self._opts, vm)
+        self._lv = lv = _libvirt()
+        try:
+            self._conn = lv.open(self._uri)
+        except lv.libvirtError as exc:
+            raise TargetError(
+                f"-oc {self._uri}: cannot connect to libvirt: {exc.get_error_message()}",
+                hint="is libvirtd running, and is -oc right?",
+            ) from None
+        try:
+            self._check_pool(vm)
+            self._check_free(vm)
+        except lv.libvirtError as exc:
+            self._close()
+            raise TargetError(f"-oc {self._uri}: {exc.get_error_message()}") from None
+        except TargetError:
+            self._close()
+            raise
+
+    def _check_pool(self, vm: SourceVM) -> None:
+        lv = self._lv
+        try:
+            self._pool = self._conn.storagePoolLookupByName(self._pool_name)
+        except lv.libvirtError as exc:
+            if exc.get_error_code() != lv.VIR_ERR_NO_STORAGE_POOL:
+                raise
+            raise TargetError(
+                f"-os {self._pool_name}: no such storage pool on {self._uri}",
+                hint="'virsh pool-list --all' shows the pools",
+            ) from None
+        if not self._pool.isActive():
+            raise TargetError(
+                f"-os {self._pool_name}: the storage pool is not active",
+                hint=f"virsh pool-start {self._pool_name}",
+            )
+        desc = _xml(cast(str, self._pool.XMLDesc(0)))
+        if desc.get("type") in DIRECTORY_POOLS:
+            path = Path(desc.findtext("target/path") or "")
+            if not path.is_absolute() or not path.is_dir():
+                raise TargetError(
+                    f"-os {self._pool_name}: the pool's directory {path} is not on this host"
+                )
+            _check_writable(path, self._pool_name)
+            self._pool_dir = path
+        elif self._opts.format != "raw":
+            raise TargetError(
+                f"-of {self._opts.format}: pool {self._pool_name} ({desc.get('type')}) holds "
+                "block devices, which can only be raw",
+                hint="use -of raw, or a directory pool",
+            )
+        with contextlib.suppress(lv.libvirtError):
+            self._pool.refresh(0)  # see volumes someone copied in by hand
+
+    def _check_free(self, vm: SourceVM) -> None:
+        lv = self._lv
+        try:
+            self._conn.lookupByName(self._name)
+        except lv.libvirtError as exc:
+            if exc.get_error_code() != lv.VIR_ERR_NO_DOMAIN:
+                raise
+        else:
+            raise TargetError(
+                f"{self._name}: a guest with this name already exists on {self._uri}",
+                hint="choose another name with -on, or remove the old guest",
+            )
+        existing = set(cast(list[str], self._pool.listVolumes()))
+        for i in range(len(vm.disks)):
+            vol = disk_file_name(self._name, i)
+            on_disk = self._pool_dir is not None and (self._pool_dir / vol).exists()
+            if vol in existing or on_disk:
+                raise TargetError(
+                    f"{vol}: a volume with this name already exists in pool {self._pool_name}",
+                    hint="choose another name with -on, or delete the volume",
+                )
+            if self._pool_dir is not None and (self._pool_dir / f".{vol}.tmp").exists():
+                raise TargetError(
+                    f"{self._pool_dir / f'.{vol}.tmp'}: a conversion to this name is in "
+                    "progress, or one was killed",
+                    hint="if no vmshift is running, remove the file",
+                )
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def setup(self, vm: SourceVM, sizes: list[int]) -> list[OutputDisk]:
+        if self._conn is None:
+            self.check(vm)
+        prealloc = self._opts.allocation == "preallocated"
+        outs = []
+        for i, size in enumerate(sizes):
+            vol = disk_file_name(self._name, i)
+            if self._pool_dir is not None:
+                tmp = self._pool_dir / f".{vol}.tmp"
+                self._temps.append(tmp)
+                final = self._pool_dir / vol
+                outs.append(OutputDisk(tmp, final, self._opts.format, prealloc, size))
+            else:
+                path = self._create_volume(vol, size, prealloc)
+                outs.append(OutputDisk(path, path, "raw", prealloc, size))
+        return outs
+
+    def _create_volume(self, vol: str, size: int, prealloc: bool) -> Path:
+        root = etree.Element("volume")  # built, not formatted: a name cannot inject elements
+        etree.SubElement(root, "name").text = vol
+        etree.SubElement(root, "capacity", unit="bytes").text = str(size)
+        etree.SubElement(root, "allocation", unit="bytes").text = str(size if prealloc else 0)
+        etree.SubElement(etree.SubElement(root, "target"), "format", type="raw")
+        try:
+            created = self._pool.createXML(etree.tostring(root, encoding="unicode"), 0)
+        except self._lv.libvirtError as exc:
+            raise TargetError(f"{vol}: cannot create volume: {exc.get_error_message()}") from None
+        self._volumes.append(vol)
+        return Path(cast(str, created.path()))
+
+    # -- finalize -------------------------------------------------------------------------
+
+    def finalize(
+        self, vm: SourceVM, os: OperatingSystem, caps: GuestCaps, disks: list[OutputDisk]
+    ) -> TargetResult:
+        lv = self._lv
+        for disk in disks:
+            if disk.path != disk.final_path:
+                if disk.final_path.exists():
+                    raise TargetError(f"{disk.final_path}: already exists; refusing to overwrite")
+                try:
+                    disk.path.rename(disk.final_path)
+                except OSError as exc:
+                    raise TargetError(f"{disk.final_path}: cannot rename: {exc}") from exc
+                self._files.append(disk.final_path)
+        try:
+            self._pool.refresh(0)
+            paths = [
+                cast(str, self._pool.storageVolLookupByName(d.final_path.name).path())
+                if self._pool_dir is not None
+                else str(d.final_path)
+                for d in disks
+            ]
+            xml = domain_xml(
+                vm,
+                caps,
+                [(p, d.format) for p, d in zip(paths, disks, strict=True)],
+                name=self._name,
+                networks=self._opts.networks,
+                domain_type=self._domain_type(caps.arch),
+                os_type=os.type,
+            )
+            self._domain = self._conn.defineXMLFlags(xml, lv.VIR_DOMAIN_DEFINE_VALIDATE)
+        except lv.libvirtError as exc:
+            raise TargetError(
+                f"{self._name}: libvirt refused the guest: {exc.get_error_message()}"
+            ) from None
+        result = TargetResult(
+            name=self._name,
+            description=f"guest {self._name} defined on {self._uri} "
+            f"(start it with: virsh -c {self._uri} start {self._name})",
+            files=tuple(Path(p) for p in paths),
+        )
+        self._close()
+        return result
+
+    def _domain_type(self, arch: str) -> str:
+        """kvm only if libvirt offers it for arch and this host can really run it."""
+        if not detect_accelerator().is_kvm:
+            return "qemu"
+        caps = _xml(cast(str, self._conn.getCapabilities()))
+        kvm = caps.xpath("guest[arch/@name=$arch]/arch/domain[@type='kvm']", arch=arch)
+        return "kvm" if kvm else "qemu"
+
+    # -- abort ----------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        lv = self._lv
+        if self._domain is not None:
+            with contextlib.suppress(Exception):
+                self._domain.undefineFlags(lv.VIR_DOMAIN_UNDEFINE_NVRAM)
+            self._domain = None
+        for path in [*self._temps, *self._files]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        for vol in self._volumes:
+            with contextlib.suppress(Exception):
+                self._pool.storageVolLookupByName(vol).delete(0)
+        self._temps.clear()
+        self._files.clear()
+        self._volumes.clear()
+        if self._pool is not None:
+            with contextlib.suppress(Exception):
+                self._pool.refresh(0)
+        self._close()
+
+    def _close(self) -> None:
+        conn, self._conn, self._pool = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+def _check_writable(path: Path, pool: str) -> None:
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".vmshift-probe-", dir=path)
+    except OSError as exc:
+        raise TargetError(
+            f"-os {pool}: cannot create files in the pool's directory {path}: {exc.strerror}"
+        ) from exc
+    os.close(fd)
+    Path(probe).unlink()

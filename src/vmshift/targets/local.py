@@ -1,0 +1,244 @@
+"""-o local -os DIR: disks as DIR/NAME-sda, DIR/NAME-sdb ... and DIR/NAME.xml for libvirt.
+
+Nothing appears under its final name until the guest is complete: disks are copied to hidden
+temporary names (DIR/.NAME-sda.tmp) and renamed, and the XML is written to a temporary name
+and renamed last, so a DIR/NAME.xml always describes disks that are all there. Existing files
+are never overwritten: a second conversion with the same name is refused in check().
+
+OutputDirectory holds the -os DIR logic that -o qemu shares.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from vmshift.errors import TargetError
+from vmshift.formats.libvirt_xml import domain_xml, drive_letters
+from vmshift.guest.accel import detect_accelerator
+from vmshift.model.caps import GuestCaps
+from vmshift.model.inspection import OperatingSystem
+from vmshift.model.vm import SourceVM
+from vmshift.process import CommandFailed, run
+from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult
+
+FORMATS = ("raw", "qcow2")
+ALLOCATIONS = ("sparse", "preallocated")
+
+
+def check_format_options(opts: TargetOptions) -> None:
+    if opts.format not in FORMATS:
+        raise TargetError(f"-of {opts.format}: the output format must be raw or qcow2")
+    if opts.allocation not in ALLOCATIONS:
+        raise TargetError(f"-oa {opts.allocation}: must be sparse or preallocated")
+
+
+def output_name(opts: TargetOptions, vm: SourceVM) -> str:
+    """-on NAME, or the source's name; checked to be usable as part of a file name."""
+    name = opts.name or vm.name
+    what = f"-on {name}" if opts.name else f"guest name {name!r}"
+    if not name or name.startswith(".") or "/" in name or "\0" in name:
+        raise TargetError(
+            f"{what}: cannot be used as a file name (empty, contains '/', or starts with '.')",
+            hint="choose another name with -on",
+        )
+    if len(name.encode()) > 200:
+        raise TargetError(f"{what}: too long for a file name", hint="choose another with -on")
+    return name
+
+
+def disk_file_name(name: str, index: int) -> str:
+    """NAME-sda, NAME-sdb ...: virt-v2v's names, whatever bus the disk ends up on."""
+    return f"{name}-sd{drive_letters(index)}"
+
+
+def domain_type() -> str:
+    """libvirt's domain type for a guest run on this host: kvm, or qemu (TCG) without it."""
+    return "kvm" if detect_accelerator().is_kvm else "qemu"
+
+
+def validate_domain_xml(path: Path) -> None:
+    """Check path against libvirt's schema, when virt-xml-validate is installed."""
+    if shutil.which("virt-xml-validate") is None:
+        return
+    try:
+        run(["virt-xml-validate", str(path), "domain"], timeout=60)
+    except CommandFailed as exc:
+        raise TargetError(
+            f"{path}: the libvirt XML vmshift wrote does not validate: {exc.stderr.strip()}",
+            hint="this is a bug in vmshift; please report it with the XML",
+        ) from exc
+
+
+def write_file_atomically(
+    path: Path, text: str, mode: int = 0o644, check: Callable[[Path], None] | None = None
+) -> None:
+    """Write text to a hidden temporary name in path's directory, then rename it into place.
+
+    check runs on the temporary file first: a file that fails it never gets its final name.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise TargetError(f"{path}: cannot write: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        Path(tmp).chmod(mode)
+        if check is not None:
+            check(Path(tmp))
+        if path.exists():
+            raise TargetError(f"{path}: already exists; refusing to overwrite it")
+        Path(tmp).rename(path)
+    except OSError as exc:
+        raise TargetError(f"{path}: cannot write: {exc.strerror}") from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            Path(tmp).unlink()
+
+
+class OutputDirectory:
+    """A -os DIR that receives NAME-sdX disks plus files named by the target (NAME.xml ...)."""
+
+    def __init__(self, opts: TargetOptions, option: str) -> None:
+        self._opts = opts
+        self._option = option  # "-o local": for messages
+        self.dir = Path(opts.storage) if opts.storage else Path()
+        self.name = ""
+        self._temps: list[Path] = []
+        self._made: list[Path] = []  # final files this run created; abort removes them
+
+    def check(self, vm: SourceVM, extra_files: Sequence[str]) -> None:
+        if not self._opts.storage:
+            raise TargetError(f"{self._option} needs -os DIR, the directory to write the guest to")
+        check_format_options(self._opts)
+        self.name = output_name(self._opts, vm)
+        d = self.dir
+        if not d.exists():
+            raise TargetError(f"-os {d}: no such directory")
+        if not d.is_dir():
+            raise TargetError(f"-os {d}: not a directory")
+        self._check_writable()
+        names = [disk_file_name(self.name, i) for i in range(len(vm.disks))] + list(extra_files)
+        for file in names:
+            if (d / file).exists() or (d / file).is_symlink():
+                raise TargetError(
+                    f"{d / file}: already exists; refusing to overwrite it",
+                    hint="remove it, or choose another name with -on",
+                )
+        for i in range(len(vm.disks)):
+            tmp = d / f".{disk_file_name(self.name, i)}.tmp"
+            if tmp.exists():
+                raise TargetError(
+                    f"{tmp}: a conversion to this name is in progress, or one was killed",
+                    hint="if no vmshift is running, remove the file",
+                )
+
+    def _check_writable(self) -> None:
+        # os.access alone is fooled by read-only mounts for root and by ACLs; creating a file
+        # is the only honest answer, and os.access gives the clearer message when it knows.
+        if not os.access(self.dir, os.W_OK | os.X_OK):
+            raise TargetError(f"-os {self.dir}: directory is not writable")
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".vmshift-probe-", dir=self.dir)
+        except OSError as exc:
+            raise TargetError(f"-os {self.dir}: cannot create files there: {exc.strerror}") from exc
+        os.close(fd)
+        Path(probe).unlink()
+
+    def setup(self, sizes: list[int]) -> list[OutputDisk]:
+        outs = []
+        for i, size in enumerate(sizes):
+            final = self.dir / disk_file_name(self.name, i)
+            tmp = self.dir / f".{final.name}.tmp"
+            self._temps.append(tmp)
+            outs.append(
+                OutputDisk(
+                    path=tmp,
+                    final_path=final,
+                    format=self._opts.format,
+                    preallocated=self._opts.allocation == "preallocated",
+                    virtual_size=size,
+                )
+            )
+        return outs
+
+    def commit_disks(self, disks: list[OutputDisk]) -> list[Path]:
+        """Rename each copied disk to its final name; return the final paths."""
+        for disk in disks:
+            if not disk.path.exists():
+                raise TargetError(f"{disk.path}: the copied disk is missing")
+            if disk.final_path.exists():
+                raise TargetError(f"{disk.final_path}: already exists; refusing to overwrite it")
+        finals = []
+        for disk in disks:
+            try:
+                disk.path.rename(disk.final_path)
+            except OSError as exc:
+                raise TargetError(f"{disk.final_path}: cannot rename into place: {exc}") from exc
+            self._made.append(disk.final_path)
+            finals.append(disk.final_path)
+        return finals
+
+    def write(
+        self, file: str, text: str, mode: int = 0o644, check: Callable[[Path], None] | None = None
+    ) -> Path:
+        path = self.dir / file
+        write_file_atomically(path, text, mode, check)
+        self._made.append(path)
+        return path
+
+    def remember(self, path: Path) -> None:
+        """Have abort() remove a file the target made some other way."""
+        self._made.append(path)
+
+    def abort(self) -> None:
+        for path in [*self._temps, *reversed(self._made)]:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._temps.clear()
+        self._made.clear()
+
+
+class LocalTarget:
+    def __init__(self, opts: TargetOptions) -> None:
+        self._opts = opts
+        self._out = OutputDirectory(opts, "-o local")
+
+    def check(self, vm: SourceVM) -> None:
+        name = output_name(self._opts, vm)
+        self._out.check(vm, [f"{name}.xml"])
+
+    def setup(self, vm: SourceVM, sizes: list[int]) -> list[OutputDisk]:
+        if not self._out.name:
+            self.check(vm)
+        return self._out.setup(sizes)
+
+    def finalize(
+        self, vm: SourceVM, os: OperatingSystem, caps: GuestCaps, disks: list[OutputDisk]
+    ) -> TargetResult:
+        finals = self._out.commit_disks(disks)
+        name = self._out.name
+        xml = domain_xml(
+            vm,
+            caps,
+            [(p.absolute(), d.format) for p, d in zip(finals, disks, strict=True)],
+            name=name,
+            networks=self._opts.networks,
+            domain_type=domain_type(),
+            os_type=os.type,
+        )
+        # Validated under its temporary name: an invalid XML must never look finished.
+        xml_path = self._out.write(f"{name}.xml", xml, check=validate_domain_xml)
+        return TargetResult(
+            name=name,
+            description=f"{xml_path} (define it with: virsh define {xml_path})",
+            files=(*finals, xml_path),
+        )
+
+    def abort(self) -> None:
+        self._out.abort()

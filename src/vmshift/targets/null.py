@@ -1,0 +1,68 @@
+"""-o null: convert and copy, then throw the result away.
+
+For measuring a conversion, or checking that one works, without the disk space it needs for
+keeps: the copier writes into a private temporary directory that finalize removes. The data
+is really written (the copy path is the same as for any target), only never kept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from vmshift.errors import TargetError
+from vmshift.formats.libvirt_xml import drive_letters
+from vmshift.model.caps import GuestCaps
+from vmshift.model.inspection import OperatingSystem
+from vmshift.model.vm import SourceVM
+from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult
+from vmshift.targets.local import check_format_options
+
+
+class NullTarget:
+    def __init__(self, opts: TargetOptions) -> None:
+        self._opts = opts
+        self._dir: Path | None = None
+
+    def check(self, vm: SourceVM) -> None:
+        check_format_options(self._opts)
+
+    def setup(self, vm: SourceVM, sizes: list[int]) -> list[OutputDisk]:
+        try:
+            self._dir = Path(tempfile.mkdtemp(prefix="vmshift-null-", dir=_big_tmp()))
+        except OSError as exc:
+            raise TargetError(f"-o null: cannot create a temporary directory: {exc}") from exc
+        return [
+            OutputDisk(
+                path=self._dir / f"sd{drive_letters(i)}",
+                final_path=self._dir / f"sd{drive_letters(i)}",
+                format=self._opts.format,
+                preallocated=False,
+                virtual_size=size,
+            )
+            for i, size in enumerate(sizes)
+        ]
+
+    def finalize(
+        self, vm: SourceVM, os: OperatingSystem, caps: GuestCaps, disks: list[OutputDisk]
+    ) -> TargetResult:
+        self._remove()
+        return TargetResult(name=self._opts.name or vm.name, description="discarded (-o null)")
+
+    def abort(self) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def _big_tmp() -> str | None:
+    """$TMPDIR if the user set one, else /var/tmp (disk-backed, unlike /tmp on many hosts)."""
+    if os.environ.get("TMPDIR"):
+        return None  # tempfile honours it
+    var_tmp = Path("/var/tmp")
+    return str(var_tmp) if var_tmp.is_dir() else None

@@ -1,0 +1,316 @@
+"""-o qemu -os DIR: disks as DIR/NAME-sdX plus DIR/NAME.sh, a script that boots the guest.
+
+The script is plain POSIX sh around one qemu-system-x86_64 command with the devices GuestCaps
+asks for. Every path is quoted twice: for qemu (a ',' inside an option value is written ',,')
+and then for the shell (shlex.quote), so no file or guest name can change the command.
+
+    DIR/NAME.sh                 foreground; the serial console is this terminal
+    DIR/NAME.sh --daemonize     background; console to DIR/NAME.console.log, pid in DIR/NAME.pid
+    DIR/NAME.sh -snapshot ...   anything else is passed on to qemu
+
+The guest has user-mode networking (qemu's built-in NAT): libvirt networks and bridges named
+by --network/--bridge mean nothing to a bare qemu, and a bridge would need root.
+
+--qemu-boot runs the script with --daemonize at the end of finalize: qemu detaches once the
+guest is running, so the conversion finishes and reports where the console is. A failure to
+boot is reported in the result, not raised: the converted disks are fine and must not be
+removed by the abort that an error would trigger.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import shlex
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from vmshift.errors import TargetError
+from vmshift.formats.libvirt_xml import effective_topology
+from vmshift.guest.accel import detect_accelerator
+from vmshift.model.caps import GuestCaps
+from vmshift.model.inspection import OperatingSystem
+from vmshift.model.vm import Firmware, SourceVM
+from vmshift.process import CommandFailed, run
+from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult
+from vmshift.targets.local import OutputDirectory, output_name
+
+QEMU = "qemu-system-x86_64"
+FIRMWARE_DESCRIPTORS = (Path("/etc/qemu/firmware"), Path("/usr/share/qemu/firmware"))
+# Where distributions put OVMF when they ship no descriptors: (code, vars template).
+KNOWN_OVMF = (
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
+    ("/usr/share/qemu/ovmf-x86_64-code.bin", "/usr/share/qemu/ovmf-x86_64-vars.bin"),
+)
+# Firmware that would refuse to boot what the source booted, or needs SMM wiring.
+_UNWANTED_FEATURES = {"secure-boot", "enrolled-keys", "requires-smm"}
+_NET_DEVICE = {
+    "virtio": "virtio-net-pci",
+    "e1000": "e1000",
+    "e1000e": "e1000e",
+    "rtl8139": "rtl8139",
+}
+_VGA_DEVICE = {"virtio": "virtio-vga", "qxl": "qxl-vga", "vga": "VGA", "cirrus": "cirrus-vga"}
+_MAX_SOCKET_PATH = 100  # sun_path is 108 bytes
+
+
+def qemu_value(text: str | Path) -> str:
+    """Escape a value inside a qemu option list, where ',' separates options."""
+    return str(text).replace(",", ",,")
+
+
+def find_uefi_firmware(machine: str) -> tuple[Path, Path] | None:
+    """(code, vars template) of a non-secure-boot OVMF for machine (q35 or pc), or None."""
+    sample = "pc-q35-99.0" if machine == "q35" else "pc-i440fx-99.0"
+    files: dict[str, Path] = {}
+    for folder in reversed(FIRMWARE_DESCRIPTORS):  # /etc overrides /usr/share by file name
+        if folder.is_dir():
+            files.update({p.name: p for p in folder.glob("*.json")})
+    for fname in sorted(files):
+        try:
+            desc = json.loads(files[fname].read_text())
+            mapping = desc["mapping"]
+            if "uefi" not in desc["interface-types"] or mapping.get("device") != "flash":
+                continue
+            if _UNWANTED_FEATURES & set(desc.get("features", [])):
+                continue
+            if not any(
+                t.get("architecture") == "x86_64"
+                and any(fnmatch.fnmatch(sample, m) for m in t.get("machines", []))
+                for t in desc.get("targets", [])
+            ):
+                continue
+            code = Path(mapping["executable"]["filename"])
+            varstore = Path(mapping["nvram-template"]["filename"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # a broken descriptor is someone else's problem; try the next
+        if code.is_file() and varstore.is_file():
+            return code, varstore
+    for code_s, vars_s in KNOWN_OVMF:
+        if Path(code_s).is_file() and Path(vars_s).is_file():
+            return Path(code_s), Path(vars_s)
+    return None
+
+
+def qemu_script(
+    vm: SourceVM,
+    caps: GuestCaps,
+    disks: Sequence[tuple[Path, str]],
+    *,
+    name: str,
+    accel: str,
+    directory: Path,
+    uefi: tuple[Path, Path] | None = None,
+    os_type: str | None = None,
+) -> str:
+    """The sh script; disks are (absolute path, format); uefi is (code, this guest's vars)."""
+    if caps.block_bus == "ide" and caps.machine == "q35":
+        raise TargetError("IDE disks need machine type 'pc': q35 has no IDE controller")
+    q = shlex.quote
+    args: list[str] = [
+        "-no-user-config", "-nodefaults",
+        "-name", q(f"guest={qemu_value(name)}"),
+        "-machine", f"{caps.machine},accel={accel}",
+        "-cpu", "host" if accel == "kvm" else "max",
+        "-m", str(-(-vm.memory // (1 << 20))),
+    ]  # fmt: skip
+    smp = str(vm.vcpus)
+    topo = effective_topology(vm)
+    if topo is not None:
+        smp += f",sockets={topo.sockets},cores={topo.cores},threads={topo.threads}"
+    args += ["-smp", smp, "-rtc", "base=localtime" if os_type == "windows" else "base=utc"]
+    if uefi is not None:
+        code, varstore = uefi
+        args += ["-drive", q(f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_value(code)}")]
+        args += ["-drive", q(f"if=pflash,format=raw,unit=1,file={qemu_value(varstore)}")]
+
+    cdroms = [r for r in vm.removables if r.kind == "cdrom"]
+    sata_used = caps.block_bus == "sata" or (caps.machine == "q35" and cdroms)
+    if sata_used:
+        args += ["-device", "ahci,id=sata0"]
+    if caps.block_bus == "virtio-scsi":
+        args += ["-device", "virtio-scsi-pci,id=scsi0"]
+    for i, (path, fmt) in enumerate(disks):
+        drive = f"file={qemu_value(path)},format={fmt},if=none,id=disk{i}"
+        device = f"{_disk_device(caps.block_bus, i)},bootindex={i + 1}"
+        args += ["-drive", q(drive), "-device", device]
+    cd_bus = "sata" if caps.machine == "q35" else "ide"
+    first = len(disks) if caps.block_bus == cd_bus else 0
+    for j, _ in enumerate(cdroms):
+        bus = _port(cd_bus, first + j)
+        args += [
+            "-drive",
+            f"if=none,id=cd{j},media=cdrom,readonly=on",
+            "-device",
+            f"ide-cd,drive=cd{j},{bus}",
+        ]
+
+    for i, nic in enumerate(vm.nics):
+        device = f"{_NET_DEVICE.get(caps.net_model, 'virtio-net-pci')},netdev=net{i}"
+        if nic.mac:
+            device += f",mac={nic.mac.lower()}"
+        args += ["-netdev", f"user,id=net{i}", "-device", q(device)]
+
+    args += ["-device", _VGA_DEVICE.get(caps.video, "VGA")]
+    args += ["-display", "none", "-vnc", "127.0.0.1:0,to=99"]
+    args += ["-device", "qemu-xhci,id=usb", "-device", "usb-tablet,bus=usb.0"]
+    if caps.virtio_rng:
+        args += [
+            "-object",
+            "rng-random,id=rng0,filename=/dev/urandom",
+            "-device",
+            "virtio-rng-pci,rng=rng0",
+        ]
+    if caps.virtio_balloon:
+        args += ["-device", "virtio-balloon-pci"]
+    agent = directory / f"{name}.qga"
+    if caps.virtio_serial and len(str(agent).encode()) < _MAX_SOCKET_PATH:
+        args += [
+            "-chardev",
+            q(f"socket,id=qga0,path={qemu_value(agent)},server=on,wait=off"),
+            "-device",
+            "virtio-serial-pci",
+            "-device",
+            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+        ]
+    args += ["-serial", '"$serial"', '"$@"']
+
+    pidfile = directory / f"{name}.pid"
+    log = directory / f"{name}.console.log"
+    floppies = sum(1 for r in vm.removables if r.kind == "floppy")
+    lines = [
+        "#!/bin/sh -",
+        f"# Boot the guest {name!r}, converted by vmshift.",
+        "#   this script              foreground; serial console on this terminal",
+        "#   this script --daemonize  background; console log and pid file next to the disks",
+        "# Other arguments are passed to qemu. Networking is qemu's user-mode NAT.",
+    ]
+    if floppies:
+        lines.append(f"# The source had {floppies} floppy drive(s); they are left out.")
+    lines += [
+        "set -e",
+        "serial=stdio",
+        'if [ "${1-}" = --daemonize ]; then',
+        "    shift",
+        # -serial's legacy "file:" syntax takes the rest verbatim: no ',,' escaping here.
+        f"    serial={q(f'file:{log}')}",
+        f'    set -- -daemonize -pidfile {q(str(pidfile))} "$@"',
+        "fi",
+        f"exec {QEMU} \\",
+    ]
+    pairs = _pair_options(args)
+    lines += [f"    {p} \\" for p in pairs[:-1]] + [f"    {pairs[-1]}", ""]
+    return "\n".join(lines)
+
+
+def _pair_options(args: list[str]) -> list[str]:
+    """Join each -option with its value, one per line, for a readable script."""
+    out: list[str] = []
+    for arg in args:
+        if out and out[-1].startswith("-") and " " not in out[-1] and not arg.startswith("-"):
+            out[-1] += " " + arg
+        else:
+            out.append(arg)
+    return out
+
+
+def _port(bus: str, index: int) -> str:
+    if bus == "sata":
+        return f"bus=sata0.{index}"
+    return f"bus=ide.{index // 2},unit={index % 2}"
+
+
+def _disk_device(block_bus: str, index: int) -> str:
+    if block_bus == "virtio-blk":
+        return f"virtio-blk-pci,drive=disk{index}"
+    if block_bus == "virtio-scsi":
+        return f"scsi-hd,drive=disk{index},bus=scsi0.0"
+    if block_bus in ("sata", "ide"):
+        return f"ide-hd,drive=disk{index},{_port(block_bus, index)}"
+    raise TargetError(f"-o qemu cannot attach disks on bus {block_bus!r}")
+
+
+def check_script(path: Path) -> None:
+    try:
+        run(["sh", "-n", str(path)], timeout=30)
+    except CommandFailed as exc:
+        raise TargetError(
+            f"{path}: generated script has a syntax error: {exc.stderr.strip()}",
+            hint="this is a bug in vmshift; please report it",
+        ) from exc
+
+
+class QemuTarget:
+    def __init__(self, opts: TargetOptions) -> None:
+        self._opts = opts
+        self._out = OutputDirectory(opts, "-o qemu")
+
+    def check(self, vm: SourceVM) -> None:
+        if shutil.which(QEMU) is None:
+            raise TargetError(f"-o qemu needs {QEMU}", hint="install qemu-system-x86")
+        name = output_name(self._opts, vm)
+        self._out.check(vm, [f"{name}.sh", f"{name}-VARS.fd"])
+
+    def setup(self, vm: SourceVM, sizes: list[int]) -> list[OutputDisk]:
+        if not self._out.name:
+            self.check(vm)
+        return self._out.setup(sizes)
+
+    def finalize(
+        self, vm: SourceVM, os: OperatingSystem, caps: GuestCaps, disks: list[OutputDisk]
+    ) -> TargetResult:
+        name = self._out.name
+        directory = self._out.dir.absolute()
+        uefi = None
+        if caps.firmware is Firmware.UEFI:
+            found = find_uefi_firmware(caps.machine)
+            if found is None:
+                raise TargetError(
+                    "the guest needs UEFI, but no OVMF firmware was found",
+                    hint="install ovmf (Debian) or edk2-ovmf",
+                )
+            code, template = found
+            varstore = directory / f"{name}-VARS.fd"
+            try:
+                shutil.copyfile(template, varstore)
+            except OSError as exc:
+                raise TargetError(f"{varstore}: cannot write: {exc.strerror}") from exc
+            self._out.remember(varstore)
+            uefi = (code, varstore)
+        finals = self._out.commit_disks(disks)
+        script_text = qemu_script(
+            vm,
+            caps,
+            [(p.absolute(), d.format) for p, d in zip(finals, disks, strict=True)],
+            name=name,
+            accel=detect_accelerator().name,
+            directory=directory,
+            uefi=uefi,
+            os_type=os.type,
+        )
+        script = self._out.write(f"{name}.sh", script_text, mode=0o755, check=check_script)
+        files = (*finals, script, *([uefi[1]] if uefi else []))
+        description = f"{script} (run it to boot the guest)"
+        if self._opts.qemu_boot:
+            description = f"{script}; {self._boot(script, directory / f'{name}.pid')}"
+        return TargetResult(name=name, description=description, files=files)
+
+    def _boot(self, script: Path, pidfile: Path) -> str:
+        try:
+            run([str(script), "--daemonize"], timeout=120)
+        except CommandFailed as exc:
+            return f"booting it failed: {exc.message}"
+        try:
+            pid = pidfile.read_text().strip()
+        except OSError:
+            pid = "?"
+        return (
+            f"booted in the background (qemu pid {pid}; console in "
+            f"{pidfile.with_suffix('.console.log')}; VNC on 127.0.0.1, display 0 or the next free)"
+        )
+
+    def abort(self) -> None:
+        self._out.abort()

@@ -1,0 +1,236 @@
+"""`vmshift convert` end to end on phony guests: outputs, verdicts, progress, and the promise
+that a failed or interrupted conversion leaves nothing behind and never touches the source."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import sha256, vmshift
+from tests.guests.manifest import BuiltGuest
+
+pytestmark = pytest.mark.slow
+
+
+def _allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+def _qemu_img_info(path: Path) -> dict[str, object]:
+    out = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(path)], check=True, capture_output=True
+    ).stdout
+    info: dict[str, object] = json.loads(out)
+    return info
+
+
+def _differing_bytes(a: Path, b: Path, scratch: Path) -> int:
+    raws = []
+    for i, image in enumerate((a, b)):
+        raw = scratch / f".cmp{i}.raw"
+        subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True)
+        raws.append(raw)
+    differing = 0
+    with raws[0].open("rb") as fa, raws[1].open("rb") as fb:
+        while True:
+            ca, cb = fa.read(1 << 20), fb.read(1 << 20)
+            if not ca and not cb:
+                break
+            if ca != cb:
+                differing += sum(x != y for x, y in zip(ca, cb, strict=False)) + abs(
+                    len(ca) - len(cb)
+                )
+    for raw in raws:
+        raw.unlink()
+    return differing
+
+
+@pytest.fixture
+def outdir(tmp_path: Path) -> Path:
+    path = tmp_path / "out"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+def test_disk_to_local_qcow2_with_virtio(
+    linux_guests: dict[str, BuiltGuest], outdir: Path, workdir: Path
+) -> None:
+    guest = linux_guests["ubuntu"]
+    before = sha256(guest.disks[0])
+    proc = vmshift([
+        "convert", "-i", "disk", guest.disks[0], "-o", "local", "-os", outdir,
+        "-of", "qcow2", "--workdir", workdir,
+    ])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "vmshift: ubuntu configured with virtio drivers."
+    disk = outdir / "ubuntu-sda"
+    assert _qemu_img_info(disk)["format"] == "qcow2"
+    xml = (outdir / "ubuntu.xml").read_text()
+    assert "<target dev='vda' bus='virtio'/>" in xml.replace('"', "'")
+    subprocess.run(["virt-xml-validate", str(outdir / "ubuntu.xml"), "domain"], check=True)
+    # The copy is the guest: the same bytes as the source, but for the few that mounting the
+    # filesystems read-write for conversion changes (superblock mount counts and times).
+    assert _differing_bytes(guest.disks[0], disk, outdir) < 64 * 1024
+    assert sha256(guest.disks[0]) == before
+    assert list(workdir.iterdir()) == []
+
+
+def test_guest_without_virtio_gets_fallback_devices_and_a_warning(
+    linux_guests: dict[str, BuiltGuest], outdir: Path
+) -> None:
+    guest = linux_guests["nokernel"]
+    proc = vmshift(["convert", "-i", "disk", *guest.disks, "-o", "local", "-os", outdir])
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("vmshift: warning: nokernel was NOT configured with virtio drivers")
+    assert "sata disks" in last
+    xml = (outdir / "nokernel.xml").read_text().replace('"', "'")
+    assert "bus='sata'" in xml
+    assert "bus='virtio'" not in xml
+    assert "<model type='e1000'/>" in xml
+
+
+def test_raw_sparse_output_holds_only_the_data(
+    linux_guests: dict[str, BuiltGuest], outdir: Path
+) -> None:
+    guest = linux_guests["debian-uefi"]  # a raw source image
+    source = guest.disks[0]
+    proc = vmshift(["-q", "convert", "-i", "disk", source, "-o", "local", "-os", outdir])
+    assert proc.returncode == 0, proc.stderr
+    out = outdir / "debian-uefi-sda"
+    assert out.stat().st_size == source.stat().st_size
+    # Sparse: no more blocks allocated than the source had (it is sparse too).
+    assert _allocated(out) <= _allocated(source) * 1.05 + (1 << 20)
+    assert "<os firmware='efi'>" in (outdir / "debian-uefi.xml").read_text().replace('"', "'")
+    # -q: only the verdict.
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("vmshift: ")
+
+
+def test_preallocated_output_is_fully_allocated(
+    linux_guests: dict[str, BuiltGuest], outdir: Path
+) -> None:
+    guest = linux_guests["rhel"]
+    proc = vmshift([
+        "convert", "-i", "disk", *guest.disks, "-o", "local", "-os", outdir,
+        "-oa", "preallocated", "--machine-readable",
+    ])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out = outdir / "rhel-sda"
+    size = int(_qemu_img_info(out)["virtual-size"])  # type: ignore[call-overload]
+    assert _allocated(out) >= size
+    copy_lines = [line for line in proc.stdout.splitlines() if line.startswith("copy ")]
+    assert copy_lines[0].startswith("copy rhel-sda 0 ")
+    assert copy_lines[-1].endswith(" 100%")
+
+
+def test_null_target(linux_guests: dict[str, BuiltGuest]) -> None:
+    proc = vmshift(["convert", "-i", "disk", *linux_guests["suse"].disks, "-o", "null"])
+    assert proc.returncode == 0, proc.stderr
+    assert "vmshift: " in proc.stdout.strip().splitlines()[-1]
+
+
+def test_failed_conversion_leaves_nothing_and_source_untouched(
+    linux_guests: dict[str, BuiltGuest], outdir: Path, workdir: Path
+) -> None:
+    guest = linux_guests["empty"]
+    before = sha256(guest.disks[0])
+    proc = vmshift([
+        "convert", "-i", "disk", guest.disks[0], "-o", "local", "-os", outdir,
+        "--workdir", workdir,
+    ])  # fmt: skip
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("vmshift: error:")]
+    want = f"{guest.disks[0]}: no operating system found (filesystems: /dev/sda1 (ext4))"
+    assert errors == [f"vmshift: error: {want}"]
+    assert "Traceback" not in proc.stderr
+    assert list(outdir.iterdir()) == []
+    assert list(workdir.iterdir()) == []
+    assert sha256(guest.disks[0]) == before
+
+
+def test_missing_output_directory_fails_before_any_work(
+    linux_guests: dict[str, BuiltGuest], tmp_path: Path
+) -> None:
+    missing = tmp_path / "does-not-exist"
+    started = time.monotonic()
+    proc = vmshift(["convert", "-i", "disk", *linux_guests["debian"].disks, "-o", "local",
+                    "-os", missing])  # fmt: skip
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("vmshift: error:")]
+    assert len(errors) == 1
+    assert str(missing) in errors[0]
+    assert "Traceback" not in proc.stderr
+    # Refused before the appliance starts (which alone takes 15 s or more under TCG).
+    assert time.monotonic() - started < 15
+
+
+def test_unknown_input_and_output(tmp_path: Path) -> None:
+    proc = vmshift(["convert", "-i", "floppy", "x", "-o", "local", "-os", tmp_path])
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0].startswith("vmshift: error: -i floppy: unknown input")
+    proc = vmshift(["convert", "-i", "disk", "x", "-o", "cloud9", "-os", tmp_path])
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[0].startswith("vmshift: error: -o cloud9: unknown output")
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    yield mnt
+    subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_not_enough_space_is_checked_before_copying(
+    linux_guests: dict[str, BuiltGuest], tiny_fs: Path
+) -> None:
+    proc = vmshift(["convert", "-i", "disk", *linux_guests["ubuntu"].disks, "-o", "local",
+                    "-os", tiny_fs, "-oa", "preallocated"])  # fmt: skip
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("vmshift: error:")]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"vmshift: error: {tiny_fs}: not enough free space")
+    assert list(tiny_fs.iterdir()) == []
+
+
+def test_ctrl_c_removes_partial_outputs_and_temporary_files(
+    linux_guests: dict[str, BuiltGuest], outdir: Path, workdir: Path
+) -> None:
+    exe = Path(sys.executable).parent / "vmshift"
+    guest = linux_guests["rhel"]
+    proc = subprocess.Popen(
+        [str(exe), "convert", "-i", "disk", *map(str, guest.disks), "-o", "local",
+         "-os", str(outdir), "--workdir", str(workdir), "--machine-readable"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    # Interrupt in the middle of the work: once the guest is being inspected.
+    for line in proc.stdout:
+        if line.startswith("stage inspect"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert list(outdir.iterdir()) == []
+    assert list(workdir.iterdir()) == []
