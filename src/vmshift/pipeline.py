@@ -134,10 +134,12 @@ def _convert_and_copy(
     ]
     images = [ImageInfo(o.path, "qcow2", o.virtual_size, None) for o in overlays]
     labels = [_label(d.endpoint.uri) for d in vm.disks]
+    sink(StageEvent("appliance", "starting the libguestfs appliance"))
     with open_session(images, readonly=False, labels=labels) as session:
         sink(StageEvent("inspect", "inspecting the guest"))
         guest_os = choose_root(inspect_session(session), opts.root)
-        sink(StageEvent("convert", f"converting {guest_os.product_name}"))
+        what = f"{guest_os.distro} {guest_os.major_version}.{guest_os.minor_version}"
+        sink(StageEvent("convert", f"converting {guest_os.type} guest ({what}, {guest_os.root})"))
         caps = pick_converter(guest_os).convert(session, guest_os, vm, opts.convert)
         sink(StageEvent("trim", "discarding unused blocks"))
         trim_filesystems(session)

@@ -78,6 +78,10 @@ def test_disk_to_local_qcow2_with_virtio(
     ])  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "vmshift: ubuntu configured with virtio drivers."
+    # The progress bar (drawn on stderr) ends at 100% with the disk's name and size.
+    bar = next(line for line in proc.stderr.splitlines() if line.startswith("ubuntu-sda "))
+    assert "100%" in bar
+    assert "512.0/512.0 MiB" in bar
     disk = outdir / "ubuntu-sda"
     assert _qemu_img_info(disk)["format"] == "qcow2"
     xml = (outdir / "ubuntu.xml").read_text()

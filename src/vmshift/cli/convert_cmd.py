@@ -167,7 +167,7 @@ def verdict(result: ConversionResult) -> str:
     why = "; ".join(caps.warnings) or "no virtio drivers available for this guest"
     return (
         f"vmshift: warning: {name} was NOT configured with virtio drivers ({why}); "
-        f"it will use {caps.block_bus} disks and an {caps.net_model} network card (slower)."
+        f"it will use {caps.block_bus} disks and a {caps.net_model} network card (slower)."
     )
 
 
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
                 vm = source.open(Path(tmp))
             finally:
                 source.close()
-        print_source_vm(Console(), vm)
+        print_source_vm(Console(markup=False, emoji=False, highlight=False), vm)
         return 0
     target = make_target(args)
     if args.memory or args.vcpus:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from vmshift.errors import SourceError
 from vmshift.formats.libvirt_xml import parse_domain
+from vmshift.libvirt_binding import import_libvirt
 from vmshift.model.vm import SourceVM
 from vmshift.sources.base import SourceOptions
 from vmshift.sources.libvirtxml import vm_from_domain
@@ -23,19 +24,8 @@ from vmshift.sources.libvirtxml import vm_from_domain
 _UUID = re.compile(r"[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}")
 
 
-def _ignore_libvirt_error(_ctx: object, _err: object) -> None:
-    """libvirt's default handler prints every error to stderr; we raise ours instead."""
-
-
 def _libvirt() -> Any:
-    try:
-        import libvirt
-    except ImportError as exc:
-        raise SourceError(
-            "-i libvirt needs the libvirt Python binding", hint="install python3-libvirt"
-        ) from exc
-    libvirt.registerErrorHandler(_ignore_libvirt_error, None)
-    return libvirt
+    return import_libvirt(SourceError, "-i libvirt")
 
 
 def is_local_uri(uri: str) -> bool:

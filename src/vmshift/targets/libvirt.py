@@ -23,6 +23,7 @@ from lxml import etree
 from vmshift.errors import TargetError
 from vmshift.formats.libvirt_xml import domain_xml
 from vmshift.guest.accel import detect_accelerator
+from vmshift.libvirt_binding import import_libvirt
 from vmshift.model.caps import GuestCaps
 from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import SourceVM
@@ -34,19 +35,8 @@ DEFAULT_POOL = "default"
 DIRECTORY_POOLS = ("dir", "fs", "netfs")
 
 
-def _ignore_libvirt_error(_ctx: object, _err: object) -> None:
-    """libvirt's default handler prints every error to stderr; we raise ours instead."""
-
-
 def _libvirt() -> Any:
-    try:
-        import libvirt
-    except ImportError as exc:
-        raise TargetError(
-            "-o libvirt needs the libvirt Python binding", hint="install python3-libvirt"
-        ) from exc
-    libvirt.registerErrorHandler(_ignore_libvirt_error, None)
-    return libvirt
+    return import_libvirt(TargetError, "-o libvirt")
 
 
 def _xml(text: str) -> etree._Element:

@@ -1,0 +1,652 @@
+"""Copy throughput and bytes written: vmshift's copy engine against qemu-img convert and nbdcopy.
+
+The goal (issue: copy benchmark): on the same image, vmshift copies at >= 0.95x the speed of
+the faster of `qemu-img convert` and `nbdcopy`, and writes <= 1.05x the guest's used data.
+
+The bench builds its own image: a GPT disk with a swap-sized partition of written zeros
+(allocated but empty, like a thick-provisioned disk, so zero detection matters) and an ext4
+filesystem filled with files of random data by `mke2fs -d` (no root, loop device or appliance
+needed). "Used data" is what is left to copy once zeros are skipped: the bytes in 4 KiB blocks
+that hold any non-zero byte, counted by reading the image.
+
+Then, for raw->raw and raw->qcow2 (both sparse), it times every tool `--runs` times,
+interleaved, and keeps each one's best. A timed run ends when the output is on disk (the
+output is fsync'ed after the tool exits: qemu-img flushes before it exits, nbdcopy does not);
+the time at the tool's exit is reported too. vmshift's path is the pipeline's: a qcow2 overlay
+over the source (create_overlay), then copy_disks() with one CopyJob. `--variants` adds rows
+for other qemu-img flags and for nbdcopy on the same overlay, to find what would close a gap.
+
+    .venv/bin/python -m bench.copy_bench [--size 2G] [--runs 3] [--workdir DIR] [--json]
+                                         [--drop-caches] [--variants]
+
+Timings on a shared machine are noisy: read the ratios, and run it again before believing a
+small difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import errno
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmshift.blockio.copier import CopyJob, convert_argv, copy_disks
+from vmshift.blockio.overlay import Overlay, create_overlay
+from vmshift.blockio.progress import discard
+from vmshift.errors import VmshiftError
+from vmshift.guest.accel import detect_accelerator
+from vmshift.model.vm import DiskEndpoint
+from vmshift.process import run
+
+KiB = 1 << 10
+MiB = 1 << 20
+BLOCK = 4096  # granularity of "used data"
+SEED = 20261126
+IMAGE_VERSION = 1  # bump when the image recipe changes, so a cached image is rebuilt
+
+GOAL_SPEED = 0.95  # vmshift's speed / the faster other tool's
+GOAL_BYTES = 1.05  # bytes vmshift allocates in the output / used data
+
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+class BenchError(VmshiftError):
+    """A tool failed or produced a wrong copy."""
+
+
+# --- the test image ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestImage:
+    path: Path
+    size: int  # virtual size
+    files: int  # files written into the filesystem
+    payload: int  # bytes of file content (random data)
+    used: int  # bytes in 4 KiB blocks holding a non-zero byte: what a copier must write
+    zeros: int  # bytes of written (allocated) zeros in the swap-like partition
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a size like 2G or 512M")
+    shift = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2).upper()]
+    value = int(m.group(1)) << shift
+    if value < 64 * MiB or value % MiB:
+        raise argparse.ArgumentTypeError(f"{text!r}: need a whole number of MiB, at least 64M")
+    return value
+
+
+def _file_sizes(rng: random.Random, budget: int) -> Iterator[int]:
+    """Mostly small files, some medium, a few large: roughly what a system disk holds.
+
+    85% up to 256 KiB, 14% up to 8 MiB, 1% up to 64 MiB: about one file per MiB.
+    """
+    left = budget
+    while left > 0:
+        r = rng.random()
+        if r < 0.85:
+            size = rng.randint(512, 256 * KiB)
+        elif r < 0.99:
+            size = rng.randint(256 * KiB, 8 * MiB)
+        else:
+            size = rng.randint(8 * MiB, 64 * MiB)
+        size = min(size, left)
+        left -= size
+        yield size
+
+
+def _write_tree(root: Path, budget: int, rng: random.Random) -> tuple[int, int]:
+    """Files of random data under root, `budget` bytes in all; returns (files, bytes)."""
+    dirs = ["usr/lib", "usr/share/doc", "var/lib/db", "var/log", "home/user/media", "opt/app"]
+    count = total = 0
+    for i, size in enumerate(_file_sizes(rng, budget)):
+        directory = root / dirs[i % len(dirs)] / f"d{i // 97:03d}"
+        directory.mkdir(parents=True, exist_ok=True)
+        with (directory / f"f{i:05d}.bin").open("wb") as f:
+            left = size
+            while left:
+                n = min(left, MiB)
+                f.write(rng.randbytes(n))
+                left -= n
+        count += 1
+        total += size
+    return count, total
+
+
+def _partition(path: Path, swap_bytes: int) -> list[tuple[int, int]]:
+    """A GPT with a swap partition and a Linux partition on the rest; (offset, size) of each."""
+    script = f"label: gpt\n,{swap_bytes // MiB}M,S\n,,L\n"
+    run(["sfdisk", "-q", str(path)], input_bytes=script.encode(), timeout=60)
+    table = json.loads(run(["sfdisk", "-J", str(path)], timeout=60).stdout)["partitiontable"]
+    sector = int(table.get("sectorsize", 512))
+    return [(int(p["start"]) * sector, int(p["size"]) * sector) for p in table["partitions"]]
+
+
+def _data_extents(fd: int, end: int) -> Iterator[tuple[int, int]]:
+    pos = 0
+    while pos < end:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                return
+            raise
+        stop = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, stop
+        pos = stop
+
+
+def nonzero_bytes(path: Path) -> int:
+    """Bytes in BLOCK-sized blocks of the file that hold any non-zero byte."""
+    zero = memoryview(bytes(MiB))
+    total = 0
+    with path.open("rb") as f:
+        fd = f.fileno()
+        done = 0
+        for start, stop in _data_extents(fd, os.fstat(fd).st_size):
+            pos = max(done, start - start % BLOCK)
+            while pos < stop:
+                chunk = memoryview(os.pread(fd, min(MiB, stop - pos), pos))
+                if not chunk:
+                    break
+                if chunk != zero[: len(chunk)]:
+                    for i in range(0, len(chunk), BLOCK):
+                        block = chunk[i : i + BLOCK]
+                        if block != zero[: len(block)]:
+                            total += len(block)
+                pos += len(chunk)
+            done = pos
+    return total
+
+
+def build_image(path: Path, size: int, fill: float, seed: int) -> TestImage:
+    """The test disk: GPT, a partition of written zeros, ext4 `fill` full of random files."""
+    rng = random.Random(seed)
+    path.unlink(missing_ok=True)
+    with path.open("wb") as f:
+        f.truncate(size)
+    swap_bytes = max(MiB, size // 16 // MiB * MiB)
+    (swap_off, swap_size), (fs_off, fs_size) = _partition(path, swap_bytes)
+    # A swap area that was zeroed when the disk was provisioned: allocated, all zeros.
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        zeros = bytes(MiB)
+        for off in range(swap_off, swap_off + swap_size, MiB):
+            os.pwrite(fd, zeros[: min(MiB, swap_off + swap_size - off)], off)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    staging = path.with_name(path.name + ".tree")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        files, payload = _write_tree(staging, int(fs_size * fill), rng)
+        run(
+            [
+                "mke2fs", "-q", "-F", "-t", "ext4", "-L", "benchroot", "-d", str(staging),
+                "-E", f"offset={fs_off}", str(path), f"{fs_size // KiB}k",
+            ],
+            timeout=1800,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return TestImage(path, size, files, payload, nonzero_bytes(path), swap_size)
+
+
+def cached_image(workdir: Path, size: int, fill: float, seed: int) -> TestImage:
+    """The image for these parameters, built once per work directory."""
+    stem = f"source-{size // MiB}M-fill{int(fill * 100)}-seed{seed}-v{IMAGE_VERSION}"
+    path = workdir / f"{stem}.raw"
+    meta = workdir / f"{stem}.json"
+    if path.exists() and meta.exists():
+        with meta.open() as f:
+            data = json.load(f)
+        image = TestImage(path=path, **data)
+        if path.stat().st_size == image.size:
+            return image
+    image = build_image(path, size, fill, seed)
+    fields = asdict(image)
+    del fields["path"]
+    meta.write_text(json.dumps(fields, indent=1) + "\n")
+    return image
+
+
+# --- the tools -----------------------------------------------------------------------------
+
+CopyFn = Callable[[TestImage, Path, str, Path], None]  # image, output, format, scratch dir
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    copy: CopyFn
+    programs: tuple[str, ...]
+    variant: bool = False  # an investigation row (--variants), not one of the compared tools
+
+
+def _vmshift(image: TestImage, out: Path, fmt: str, scratch: Path) -> None:
+    """What pipeline.py does: an overlay in a private work dir, then copy_disks()."""
+    workdir = Path(tempfile.mkdtemp(prefix="vmshift-", dir=scratch))
+    try:
+        endpoint = DiskEndpoint(uri=str(image.path), format="raw", virtual_size=image.size)
+        overlay = create_overlay(endpoint, workdir, "sda")
+        copy_disks([CopyJob(overlay, out, fmt, False, "bench-sda")], discard)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _qemu_img(image: TestImage, out: Path, fmt: str, scratch: Path) -> None:
+    run(["qemu-img", "convert", "-f", "raw", "-O", fmt, str(image.path), str(out)])
+
+
+def _create_target(out: Path, fmt: str, size: int) -> None:
+    """An empty sparse destination, which nbdcopy needs to exist."""
+    if fmt == "raw":
+        with out.open("wb") as f:
+            f.truncate(size)
+    else:
+        run(["qemu-img", "create", "-q", "-f", fmt, "-o", "compat=1.1", str(out), str(size)])
+
+
+def _nbd_target(out: Path, fmt: str) -> list[str]:
+    """nbdcopy's destination argument(s): the file itself, or qemu-nbd serving it."""
+    if fmt == "raw":
+        return [str(out)]
+    return ["[", "qemu-nbd", "-f", fmt, str(out), "]"]
+
+
+def _nbdcopy(image: TestImage, out: Path, fmt: str, scratch: Path) -> None:
+    _create_target(out, fmt, image.size)
+    run(["nbdcopy", "--", str(image.path), *_nbd_target(out, fmt)])
+
+
+OverlayArgv = Callable[[Overlay, Path, str], list[str]]
+
+
+def _on_overlay(name: str, argv_for: OverlayArgv, *, precreate: bool = False) -> Tool:
+    """A variant row: the overlay as vmshift makes it, copied by argv_for(overlay, out, fmt)."""
+
+    def copy(image: TestImage, out: Path, fmt: str, scratch: Path) -> None:
+        workdir = Path(tempfile.mkdtemp(prefix="vmshift-", dir=scratch))
+        try:
+            endpoint = DiskEndpoint(uri=str(image.path), format="raw", virtual_size=image.size)
+            overlay = create_overlay(endpoint, workdir, "sda")
+            if precreate:
+                _create_target(out, fmt, image.size)
+            run(argv_for(overlay, out, fmt))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    return Tool(name, copy, ("qemu-img",), variant=True)
+
+
+def _copier(edit: Callable[[list[str]], list[str]]) -> OverlayArgv:
+    """copier.convert_argv's command for this copy, changed by `edit`."""
+
+    def argv_for(overlay: Overlay, out: Path, fmt: str) -> list[str]:
+        return edit(convert_argv(CopyJob(overlay, out, fmt, False, "bench")))
+
+    return argv_for
+
+
+def _without(*flags: str) -> Callable[[list[str]], list[str]]:
+    def edit(argv: list[str]) -> list[str]:
+        out: list[str] = []
+        skip = False
+        for arg in argv:
+            if skip:
+                skip = False
+            elif arg in flags:
+                skip = arg == "-m"  # the only one of ours that takes a value
+            else:
+                out.append(arg)
+        return out
+
+    return edit
+
+
+def _with(*extra: str, drop: Sequence[str] = ()) -> Callable[[list[str]], list[str]]:
+    def edit(argv: list[str]) -> list[str]:
+        argv = _without(*drop)(argv)
+        return [*argv[:2], *extra, *argv[2:]]  # right after "qemu-img convert"
+
+    return edit
+
+
+def _nbdcopy_overlay(overlay: Overlay, out: Path, fmt: str) -> list[str]:
+    source = ["[", "qemu-nbd", "-r", "-f", "qcow2", str(overlay.path), "]"]
+    return ["nbdcopy", "--", *source, *_nbd_target(out, fmt)]
+
+
+TOOLS = [
+    Tool("vmshift", _vmshift, ("qemu-img",)),
+    Tool("qemu-img convert", _qemu_img, ("qemu-img",)),
+    Tool("nbdcopy", _nbdcopy, ("nbdcopy", "qemu-nbd")),
+]
+
+VARIANTS = [
+    _on_overlay("vmshift argv, no -W", _copier(_without("-W"))),
+    _on_overlay("vmshift argv, -m 16", _copier(_with("-m", "16", drop=["-m"]))),
+    _on_overlay("vmshift argv, -t none", _copier(_with("-t", "none"))),
+    _on_overlay("vmshift argv, -t unsafe", _copier(_with("-t", "unsafe"))),
+    _on_overlay("vmshift argv, -T none", _copier(_with("-T", "none"))),
+    _on_overlay("vmshift argv, no -p", _copier(_without("-p"))),
+    _on_overlay("nbdcopy from overlay", _nbdcopy_overlay, precreate=True),
+]
+
+
+# --- timing --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    fmt: str
+
+
+CASES = [Case("raw->raw sparse", "raw"), Case("raw->qcow2 sparse", "qcow2")]
+
+
+@dataclass
+class Row:
+    case: str
+    tool: str
+    variant: bool
+    seconds: list[float] = field(default_factory=list)  # until the output is on disk
+    exit_seconds: list[float] = field(default_factory=list)  # until the tool exited
+    allocated: int = 0  # st_blocks * 512 of the output of the last run
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def best_exit(self) -> float:
+        return min(self.exit_seconds)
+
+
+def _drop_caches() -> None:
+    DROP_CACHES.write_text("3\n")
+
+
+def can_drop_caches() -> bool:
+    try:
+        os.sync()
+        _drop_caches()
+    except OSError:
+        return False
+    return True
+
+
+def time_once(
+    tool: Tool, image: TestImage, case: Case, out: Path, *, scratch: Path, drop_caches: bool
+) -> tuple[float, float, int]:
+    """One copy: (seconds until on disk, seconds until the tool exited, bytes allocated)."""
+    out.unlink(missing_ok=True)
+    os.sync()  # the previous run's writeback must not land in this one's time
+    if drop_caches:
+        _drop_caches()
+    start = time.perf_counter()
+    tool.copy(image, out, case.fmt, scratch)
+    exited = time.perf_counter()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    synced = time.perf_counter()
+    return synced - start, exited - start, out.stat().st_blocks * 512
+
+
+def verify(image: TestImage, out: Path, case: Case, tool: Tool) -> None:
+    """The copy reads back the same as the source (holes compare as zeros)."""
+    argv = ["qemu-img", "compare", "-q", "-f", "raw", "-F", case.fmt, str(image.path), str(out)]
+    try:
+        run(argv, timeout=1800)
+    except VmshiftError as exc:
+        raise BenchError(
+            f"{case.name}, {tool.name}: the copy differs from the source: {exc}"
+        ) from exc
+
+
+def bench(
+    image: TestImage, tools: Sequence[Tool], runs: int, workdir: Path, drop_caches: bool
+) -> list[Row]:
+    rows = {(c.name, t.name): Row(c.name, t.name, t.variant) for c in CASES for t in tools}
+    for n in range(runs):
+        for case in CASES:
+            out = workdir / f"output.{case.fmt}"
+            for tool in tools:
+                try:
+                    seconds, exit_seconds, allocated = time_once(
+                        tool, image, case, out, scratch=workdir, drop_caches=drop_caches
+                    )
+                except VmshiftError as exc:
+                    raise BenchError(f"{case.name}, {tool.name}: {exc}") from exc
+                if n == 0:
+                    verify(image, out, case, tool)
+                row = rows[case.name, tool.name]
+                row.seconds.append(seconds)
+                row.exit_seconds.append(exit_seconds)
+                row.allocated = allocated
+                print(
+                    f"run {n + 1}/{runs}  {case.name:<18} {tool.name:<26} {seconds:7.2f} s "
+                    f"(exit {exit_seconds:.2f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            out.unlink(missing_ok=True)
+    return list(rows.values())
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        return run(argv, timeout=30).stdout.decode(errors="replace").splitlines()[0]
+    except (VmshiftError, IndexError):
+        return "unknown"
+
+
+def machine_info(workdir: Path) -> dict[str, Any]:
+    accel = detect_accelerator()
+    fstype = _first_line(["findmnt", "-n", "-o", "FSTYPE,SOURCE", "--target", str(workdir)])
+    return {
+        "cpus": os.cpu_count(),
+        "accelerator": f"{accel.name} ({accel.reason})",
+        "kernel": platform.release(),
+        "qemu-img": _first_line(["qemu-img", "--version"]),
+        "nbdcopy": _first_line(["nbdcopy", "--version"]),
+        "workdir filesystem": " ".join(fstype.split()),
+    }
+
+
+def _speed_vs_others(rows: Sequence[Row], row: Row) -> float | None:
+    """row's speed over the fastest compared tool other than itself, in the same case."""
+    others = [r.best for r in rows if r.case == row.case and not r.variant and r.tool != row.tool]
+    return min(others) / row.best if others else None
+
+
+def summarise(rows: Sequence[Row], image: TestImage) -> list[dict[str, Any]]:
+    table = []
+    for row in rows:
+        ratio = _speed_vs_others(rows, row)
+        table.append(
+            {
+                "case": row.case,
+                "tool": row.tool,
+                "variant": row.variant,
+                "best_seconds": round(row.best, 3),
+                "best_exit_seconds": round(row.best_exit, 3),
+                "seconds": [round(s, 3) for s in row.seconds],
+                "mib_s_virtual": round(image.size / MiB / row.best, 1),
+                "mib_s_used": round(image.used / MiB / row.best, 1),
+                "allocated_bytes": row.allocated,
+                "allocated_vs_used": round(row.allocated / image.used, 3),
+                "speed_vs_fastest_other": None if ratio is None else round(ratio, 3),
+            }
+        )
+    return table
+
+
+def goals(rows: Sequence[Row], image: TestImage) -> list[dict[str, Any]]:
+    result = []
+    for case in CASES:
+        ours = next(r for r in rows if r.case == case.name and r.tool == "vmshift")
+        others = [r for r in rows if r.case == case.name and not r.variant and r is not ours]
+        fastest = min(others, key=lambda r: r.best)
+        speed = fastest.best / ours.best
+        written = ours.allocated / image.used
+        result.append(
+            {
+                "case": case.name,
+                "fastest_other": fastest.tool,
+                "speed_ratio": round(speed, 3),
+                "speed_goal_met": speed >= GOAL_SPEED,
+                "bytes_ratio": round(written, 3),
+                "bytes_goal_met": written <= GOAL_BYTES,
+            }
+        )
+    return result
+
+
+def render(report: dict[str, Any]) -> str:
+    image = report["image"]
+    lines = [
+        f"image: {image['size'] / MiB:.0f} MiB raw (GPT, {image['zeros'] / MiB:.0f} MiB written "
+        f"zeros, ext4 with {image['files']} files of random data = "
+        f"{image['payload'] / MiB:.1f} MiB); used data (non-zero 4 KiB blocks): "
+        f"{image['used'] / MiB:.1f} MiB",
+        f"runs: {report['runs']} per tool, best kept; page cache dropped before each run: "
+        f"{'yes' if report['drop_caches'] else 'no'}; load average before/after: "
+        f"{report['load_before']} / {report['load_after']}",
+        "",
+        "| case | tool | best s (on disk) | s at exit | MiB/s virtual | MiB/s used "
+        "| written MiB | written/used | speed vs fastest other |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for r in report["results"]:
+        vs = r["speed_vs_fastest_other"]
+        lines.append(
+            f"| {r['case']} | {r['tool']} | {r['best_seconds']:.2f} | "
+            f"{r['best_exit_seconds']:.2f} | {r['mib_s_virtual']:.0f} | {r['mib_s_used']:.0f} | "
+            f"{r['allocated_bytes'] / MiB:.1f} | {r['allocated_vs_used']:.3f} | "
+            f"{'-' if vs is None else f'{vs:.2f}x'} |"
+        )
+    lines.append("")
+    for g in report["goals"]:
+        lines.append(
+            f"{g['case']}: vmshift speed = {g['speed_ratio']:.2f}x {g['fastest_other']} "
+            f"(goal >= {GOAL_SPEED}: {'met' if g['speed_goal_met'] else 'NOT met'}); "
+            f"written = {g['bytes_ratio']:.3f}x used "
+            f"(goal <= {GOAL_BYTES}: {'met' if g['bytes_goal_met'] else 'NOT met'})"
+        )
+    return "\n".join(lines)
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.copy_bench",
+        description="Copy throughput and bytes written: vmshift vs qemu-img convert and nbdcopy.",
+    )
+    p.add_argument("--size", type=parse_size, default=2 << 30, help="disk size (default 2G)")
+    p.add_argument("--runs", type=int, default=3, help="runs per tool; the best counts")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        help="where the image and outputs go; the image is kept there and reused "
+        "(default: a temporary directory under /var/tmp, removed at the end)",
+    )
+    p.add_argument("--fill", type=float, default=0.5, help="fraction of ext4 to fill (0.5)")
+    p.add_argument("--seed", type=int, default=SEED, help="seed of the image's random data")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--drop-caches",
+        action="store_true",
+        help="drop the page cache before each run (needs root), so sources are read from disk",
+    )
+    p.add_argument(
+        "--variants",
+        action="store_true",
+        help="also time other qemu-img flags, and nbdcopy, on vmshift's overlay",
+    )
+    args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    if not 0.0 < args.fill <= 0.9:
+        p.error("--fill must be in (0, 0.9]")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    tools = TOOLS + (VARIANTS if args.variants else [])
+    missing = sorted({p for t in tools for p in t.programs if shutil.which(p) is None})
+    for prog in ("sfdisk", "mke2fs"):
+        if shutil.which(prog) is None:
+            missing.append(prog)
+    if missing:
+        print(f"copy_bench: not installed: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    drop = args.drop_caches
+    if drop and not can_drop_caches():
+        print(f"copy_bench: cannot write {DROP_CACHES}: not dropping caches", file=sys.stderr)
+        drop = False
+    keep = args.workdir is not None
+    if args.workdir is not None:
+        workdir: Path = args.workdir.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="vmshift-bench-", dir="/var/tmp"))
+    try:
+        print(f"building the test image in {workdir} ...", file=sys.stderr, flush=True)
+        image = cached_image(workdir, args.size, args.fill, args.seed)
+        load_before = _load()
+        rows = bench(image, tools, args.runs, workdir, drop)
+        report: dict[str, Any] = {
+            "date": datetime.date.today().isoformat(),
+            "machine": machine_info(workdir),
+            "image": {k: v for k, v in asdict(image).items() if k != "path"},
+            "runs": args.runs,
+            "drop_caches": drop,
+            "load_before": load_before,
+            "load_after": _load(),
+            "results": summarise(rows, image),
+            "goals": goals(rows, image),
+        }
+    except VmshiftError as exc:
+        print(f"copy_bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        machine = report["machine"]
+        print("machine: " + "; ".join(f"{k}: {v}" for k, v in machine.items()))
+        print(render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
