@@ -33,6 +33,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -338,13 +339,22 @@ TOOLS = [
     Tool("nbdcopy", _nbdcopy, ("nbdcopy", "qemu-nbd")),
 ]
 
+
+def _vmshift_flags_on_raw(image: TestImage, out: Path, fmt: str, scratch: Path) -> None:
+    """vmshift's qemu-img command straight from the raw source: what the overlay costs."""
+    endpoint = DiskEndpoint(uri=str(image.path), format="raw", virtual_size=image.size)
+    argv = convert_argv(CopyJob(Overlay(image.path, endpoint, "sda"), out, fmt, False, "bench"))
+    run([*argv[: argv.index("-f")], "-f", "raw", *argv[argv.index("-f") + 2 :]])
+
+
 VARIANTS = [
+    _on_overlay("overlay, qemu-img defaults", _copier(_without("-p", "-W", "-m"))),
+    Tool("vmshift flags, no overlay", _vmshift_flags_on_raw, ("qemu-img",), variant=True),
     _on_overlay("vmshift argv, no -W", _copier(_without("-W"))),
     _on_overlay("vmshift argv, -m 16", _copier(_with("-m", "16", drop=["-m"]))),
     _on_overlay("vmshift argv, -t none", _copier(_with("-t", "none"))),
     _on_overlay("vmshift argv, -t unsafe", _copier(_with("-t", "unsafe"))),
     _on_overlay("vmshift argv, -T none", _copier(_with("-T", "none"))),
-    _on_overlay("vmshift argv, no -p", _copier(_without("-p"))),
     _on_overlay("nbdcopy from overlay", _nbdcopy_overlay, precreate=True),
 ]
 
@@ -368,6 +378,7 @@ class Row:
     variant: bool
     seconds: list[float] = field(default_factory=list)  # until the output is on disk
     exit_seconds: list[float] = field(default_factory=list)  # until the tool exited
+    cpu_seconds: list[float] = field(default_factory=list)
     allocated: int = 0  # st_blocks * 512 of the output of the last run
 
     @property
@@ -377,6 +388,10 @@ class Row:
     @property
     def best_exit(self) -> float:
         return min(self.exit_seconds)
+
+    @property
+    def best_cpu(self) -> float:
+        return min(self.cpu_seconds)
 
 
 def _drop_caches() -> None:
@@ -392,24 +407,40 @@ def can_drop_caches() -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Sample:
+    seconds: float  # until the output is on disk
+    exit_seconds: float  # until the tool exited
+    cpu_seconds: float  # user + system time of the tool's processes (and of our own threads)
+    allocated: int  # st_blocks * 512 of the output
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of the children it has reaped (theirs include their own)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def time_once(
     tool: Tool, image: TestImage, case: Case, out: Path, *, scratch: Path, drop_caches: bool
-) -> tuple[float, float, int]:
-    """One copy: (seconds until on disk, seconds until the tool exited, bytes allocated)."""
+) -> Sample:
     out.unlink(missing_ok=True)
     os.sync()  # the previous run's writeback must not land in this one's time
     if drop_caches:
         _drop_caches()
+    cpu = _cpu_seconds()
     start = time.perf_counter()
     tool.copy(image, out, case.fmt, scratch)
     exited = time.perf_counter()
+    cpu = _cpu_seconds() - cpu
     fd = os.open(out, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
     synced = time.perf_counter()
-    return synced - start, exited - start, out.stat().st_blocks * 512
+    return Sample(synced - start, exited - start, cpu, out.stat().st_blocks * 512)
 
 
 def verify(image: TestImage, out: Path, case: Case, tool: Tool) -> None:
@@ -432,7 +463,7 @@ def bench(
             out = workdir / f"output.{case.fmt}"
             for tool in tools:
                 try:
-                    seconds, exit_seconds, allocated = time_once(
+                    sample = time_once(
                         tool, image, case, out, scratch=workdir, drop_caches=drop_caches
                     )
                 except VmshiftError as exc:
@@ -440,12 +471,14 @@ def bench(
                 if n == 0:
                     verify(image, out, case, tool)
                 row = rows[case.name, tool.name]
-                row.seconds.append(seconds)
-                row.exit_seconds.append(exit_seconds)
-                row.allocated = allocated
+                row.seconds.append(sample.seconds)
+                row.exit_seconds.append(sample.exit_seconds)
+                row.cpu_seconds.append(sample.cpu_seconds)
+                row.allocated = sample.allocated
                 print(
-                    f"run {n + 1}/{runs}  {case.name:<18} {tool.name:<26} {seconds:7.2f} s "
-                    f"(exit {exit_seconds:.2f} s)",
+                    f"run {n + 1}/{runs}  {case.name:<18} {tool.name:<30} "
+                    f"{sample.seconds:6.2f} s (exit {sample.exit_seconds:.2f} s, "
+                    f"CPU {sample.cpu_seconds:.2f} s)",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -493,7 +526,9 @@ def summarise(rows: Sequence[Row], image: TestImage) -> list[dict[str, Any]]:
                 "variant": row.variant,
                 "best_seconds": round(row.best, 3),
                 "best_exit_seconds": round(row.best_exit, 3),
+                "best_cpu_seconds": round(row.best_cpu, 3),
                 "seconds": [round(s, 3) for s in row.seconds],
+                "cpu_seconds": [round(s, 3) for s in row.cpu_seconds],
                 "mib_s_virtual": round(image.size / MiB / row.best, 1),
                 "mib_s_used": round(image.used / MiB / row.best, 1),
                 "allocated_bytes": row.allocated,
@@ -536,15 +571,16 @@ def render(report: dict[str, Any]) -> str:
         f"{'yes' if report['drop_caches'] else 'no'}; load average before/after: "
         f"{report['load_before']} / {report['load_after']}",
         "",
-        "| case | tool | best s (on disk) | s at exit | MiB/s virtual | MiB/s used "
+        "| case | tool | best s (on disk) | s at exit | CPU s | MiB/s virtual | MiB/s used "
         "| written MiB | written/used | speed vs fastest other |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in report["results"]:
         vs = r["speed_vs_fastest_other"]
         lines.append(
             f"| {r['case']} | {r['tool']} | {r['best_seconds']:.2f} | "
-            f"{r['best_exit_seconds']:.2f} | {r['mib_s_virtual']:.0f} | {r['mib_s_used']:.0f} | "
+            f"{r['best_exit_seconds']:.2f} | {r['best_cpu_seconds']:.2f} | "
+            f"{r['mib_s_virtual']:.0f} | {r['mib_s_used']:.0f} | "
             f"{r['allocated_bytes'] / MiB:.1f} | {r['allocated_vs_used']:.3f} | "
             f"{'-' if vs is None else f'{vs:.2f}x'} |"
         )

@@ -102,7 +102,7 @@ FORMATS = [
     ("vmdk", "vmdk", ["-o", "subformat=twoGbMaxExtentSparse"]),
     ("vmdk", "vmdk", ["-o", "subformat=twoGbMaxExtentFlat"]),
     ("vmdk", "vmdk", ["-o", "subformat=streamOptimized"]),
-    ("vmdk", "vmdk", ["-o", "subformat=vmfs"]),
+    ("vpc", "vhd", ["-o", "subformat=dynamic"]),
 ]
 
 

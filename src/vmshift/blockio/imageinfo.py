@@ -80,6 +80,11 @@ def probe_image(path: Path, *, check: bool = True) -> ImageInfo:
         raise DiskImageError(f"{path}: qemu-img gave an answer vmshift cannot read") from exc
     backing = data.get("full-backing-filename") or data.get("backing-filename")
 
+    if fmt == "raw" and _has_vhd_footer(path):
+        # A fixed VHD is raw data followed by a 512-byte footer, so qemu's probe (which looks
+        # at the start of the file) calls it raw; reading it as raw would expose the footer as
+        # a bogus last sector.
+        return probe_image_as(path, "vpc", check=check)
     if fmt == "raw":
         size = path.stat().st_size
         if size == 0:
@@ -92,6 +97,31 @@ def probe_image(path: Path, *, check: bool = True) -> ImageInfo:
     if check and fmt in CHECKABLE:
         _check_consistency(path, fmt)
     return ImageInfo(path=path, format=fmt, virtual_size=vsize, backing_file=backing)
+
+
+def _has_vhd_footer(path: Path) -> bool:
+    size = path.stat().st_size
+    if size < SECTOR * 2:
+        return False
+    with path.open("rb") as f:
+        f.seek(size - SECTOR)
+        return f.read(8) == b"conectix"
+
+
+def probe_image_as(path: Path, fmt: str, *, check: bool = True) -> ImageInfo:
+    """Like probe_image, for a format known by other means than qemu's probing."""
+    try:
+        proc = run(["qemu-img", "info", "-f", fmt, "--output=json", str(path)], timeout=120)
+        data = json.loads(proc.stdout)
+        vsize = int(data["virtual-size"])
+    except CommandFailed as exc:
+        problem = _qemu_message(exc, path)
+        raise DiskImageError(f"{path}: not a usable {fmt} image: {problem}") from exc
+    except (ValueError, KeyError) as exc:
+        raise DiskImageError(f"{path}: qemu-img gave an answer vmshift cannot read") from exc
+    if check and fmt in CHECKABLE:
+        _check_consistency(path, fmt)
+    return ImageInfo(path=path, format=fmt, virtual_size=vsize, backing_file=None)
 
 
 def _check_consistency(path: Path, fmt: str) -> None:

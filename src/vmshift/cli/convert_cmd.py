@@ -198,10 +198,60 @@ def run(args: argparse.Namespace) -> int:
     )
     with printer:
         result = run_conversion(source, target, run_opts, printer.event)
+    line = verdict(result)
+    if args.report:
+        write_report(args.report, result, line)
     if not args.quiet:
         print(result.target.description)
-    print(verdict(result), file=sys.stdout)
+    print(line, file=sys.stdout)
     return 0
+
+
+REPORT_SCHEMA = "vmshift-convert-report/1"
+
+
+def write_report(path: Path, result: ConversionResult, line: str) -> None:
+    """The --report document (docs/convert.md): what was converted and every change made."""
+    import dataclasses
+    import json
+
+    caps = result.caps
+    doc = {
+        "schema": REPORT_SCHEMA,
+        "guest": result.target.name,
+        "source": {
+            "name": result.vm.name,
+            "origin": result.vm.origin,
+            "file": result.vm.source_file,
+        },
+        "os": {
+            "root": result.os.root,
+            "type": result.os.type,
+            "distro": result.os.distro,
+            "product_name": result.os.product_name,
+            "version": f"{result.os.major_version}.{result.os.minor_version}",
+        },
+        "devices": {
+            "block_bus": caps.block_bus,
+            "net_model": caps.net_model,
+            "video": caps.video,
+            "machine": caps.machine,
+            "firmware": str(caps.firmware),
+            "virtio": caps.virtio,
+        },
+        "drivers_installed": list(caps.drivers_installed),
+        "changes": [dataclasses.asdict(c) for c in caps.changes],
+        "warnings": list(caps.warnings),
+        "target": {
+            "description": result.target.description,
+            "files": [str(f) for f in result.target.files],
+        },
+        "verdict": line,
+    }
+    try:
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+    except OSError as exc:
+        raise UsageError(f"--report {path}: cannot write: {exc.strerror}") from exc
 
 
 class _Overridden:

@@ -12,6 +12,15 @@ from vmshift.model.vm import Firmware
 
 
 @dataclass(frozen=True)
+class Change:
+    """One change conversion made to the guest, for the verbose log and --report."""
+
+    step: str  # tools_removal, kernel, initramfs, devices, bootloader, consoles, network ...
+    what: str  # one line for a human
+    path: str | None = None  # the guest file changed, if one
+
+
+@dataclass(frozen=True)
 class GuestCaps:
     block_bus: str  # virtio-blk, virtio-scsi, sata, ide
     net_model: str  # virtio, e1000, e1000e, rtl8139
@@ -25,6 +34,7 @@ class GuestCaps:
     # What conversion did, in plain words, for the final line and the report.
     drivers_installed: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    changes: tuple[Change, ...] = ()
 
     @property
     def virtio(self) -> bool:

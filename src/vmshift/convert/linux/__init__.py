@@ -1,0 +1,21 @@
+"""Linux guest conversion: make a VMware/Xen/Hyper-V/VirtualBox Linux guest boot on KVM.
+
+The steps run in this order on the guest mounted read-write (the overlay, never the source):
+
+    tools_removal  remove other hypervisors' software (packages, tarball installs, repos)
+    kernel         choose the kernel that will boot, one that can drive virtio
+    initramfs      rebuild its initramfs with the virtio drivers (guest's own tool)
+    devices        rename block devices (sdX/hdX/xvdX -> vdX, or UUID=) everywhere
+    bootloader     kernel command line, default kernel, regenerate grub config
+    consoles       hvc0/xvc0 -> ttyS0; X drivers
+    network        keep interface names working when the NIC model changes
+    finish         SELinux relabel, stale caches
+
+Each step lives in its own module, takes the LinuxGuest context and records what it changed.
+"""
+
+from __future__ import annotations
+
+from vmshift.convert.linux.converter import LinuxConverter
+
+__all__ = ["LinuxConverter"]

@@ -1,0 +1,85 @@
+"""The state shared by the Linux conversion steps."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from vmshift.errors import ConversionError
+from vmshift.model.caps import Change
+from vmshift.model.inspection import LinuxKernel, OperatingSystem
+from vmshift.model.vm import SourceVM
+
+log = logging.getLogger("vmshift.convert.linux")
+
+DEBIAN_FAMILY = {"debian", "ubuntu", "linuxmint", "kalilinux"}
+RHEL_FAMILY = {
+    "rhel", "centos", "fedora", "rocky", "almalinux", "oraclelinux", "scientificlinux",
+    "redhat-based", "circle", "openeuler", "amazonlinux",
+}  # fmt: skip
+SUSE_FAMILY = {"sles", "suse-based", "opensuse", "sled"}
+
+
+def family_of(os: OperatingSystem) -> str:
+    """debian, rhel or suse: which tools and file layouts the guest uses."""
+    if os.distro in DEBIAN_FAMILY:
+        return "debian"
+    if os.distro in RHEL_FAMILY:
+        return "rhel"
+    if os.distro in SUSE_FAMILY:
+        return "suse"
+    if os.package_format == "deb":
+        return "debian"
+    if os.package_format == "rpm":
+        return "rhel"
+    raise ConversionError(f"vmshift cannot convert {os.distro} guests ({os.product_name}) yet")
+
+
+@dataclass
+class LinuxGuest:
+    """The guest being converted: a libguestfs handle with its filesystems mounted read-write."""
+
+    g: Any
+    os: OperatingSystem
+    vm: SourceVM
+    family: str
+    block_bus: str = "virtio-blk"  # the bus the converted guest's disks will sit on
+    kernel: LinuxKernel | None = None  # chosen by the kernel step
+    changes: list[Change] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def note(self, step: str, what: str, path: str | None = None) -> None:
+        self.changes.append(Change(step, what, path))
+        log.info("%s: %s%s", step, what, f" ({path})" if path else "")
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log.warning("%s", message)
+
+    def run(self, argv: list[str]) -> str:
+        """Run a command inside the guest (chroot in the appliance); return its output."""
+        log.info("in guest: %s", shlex.join(argv))
+        try:
+            out: str = self.g.command(argv)
+        except RuntimeError as exc:
+            raise ConversionError(f"{shlex.join(argv)} failed in the guest: {exc}") from exc
+        return out
+
+    def read(self, path: str) -> str | None:
+        try:
+            if not self.g.is_file(path, followsymlinks=True):
+                return None
+            data: bytes = self.g.read_file(path)
+        except RuntimeError:
+            return None
+        return data.decode("utf-8", errors="surrogateescape")
+
+    def write(self, path: str, text: str, step: str, what: str) -> None:
+        """Replace a guest file's content, keeping a .vmshift-orig copy of the first version."""
+        backup = f"{path}.vmshift-orig"
+        if self.g.is_file(path, followsymlinks=True) and not self.g.exists(backup):
+            self.g.cp_a(path, backup)
+        self.g.write(path, text.encode("utf-8", errors="surrogateescape"))
+        self.note(step, what, path)

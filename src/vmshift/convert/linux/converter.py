@@ -1,0 +1,66 @@
+"""The Linux converter: runs the steps in order and decides what the guest can now run on."""
+
+from __future__ import annotations
+
+from vmshift.convert.base import ConvertOptions
+from vmshift.convert.linux import (
+    bootloader,
+    consoles,
+    devices,
+    finish,
+    initramfs,
+    kernel,
+    network,
+    tools_removal,
+)
+from vmshift.convert.linux.context import LinuxGuest, family_of
+from vmshift.convert.unmodified import target_firmware
+from vmshift.guest.inspect import mount_os
+from vmshift.guest.session import GuestSession
+from vmshift.model.caps import GuestCaps
+from vmshift.model.inspection import DriverPresence, OperatingSystem
+from vmshift.model.vm import SourceVM
+
+
+class LinuxConverter:
+    def convert(
+        self, session: GuestSession, os: OperatingSystem, vm: SourceVM, opts: ConvertOptions
+    ) -> GuestCaps:
+        g = session.g
+        guest = LinuxGuest(g=g, os=os, vm=vm, family=family_of(os), block_bus=opts.block_driver)
+        g.umount_all()
+        mount_os(g, os.root, readonly=False)
+        try:
+            tools_removal.remove_foreign_software(guest)
+            chosen = kernel.choose_kernel(guest)
+            virtio = chosen is not None
+            if not virtio:
+                # No kernel can drive virtio: keep the guest on emulated devices that its
+                # initramfs already handles, and change device names accordingly.
+                guest.block_bus = "sata"
+                guest.warn("no installed kernel supports virtio; using SATA disks and e1000")
+            else:
+                initramfs.rebuild(guest)
+            devices.rename_block_devices(guest)
+            bootloader.update(guest)
+            consoles.fix(guest)
+            network.preserve_interface_names(guest)
+            finish.run(guest)
+        finally:
+            g.sync()
+            g.umount_all()
+        net_ok = guest.kernel is not None and guest.kernel.virtio_net is not DriverPresence.ABSENT
+        return GuestCaps(
+            block_bus=guest.block_bus,
+            net_model="virtio" if virtio and net_ok else "e1000",
+            video="vga",
+            machine="q35",
+            firmware=target_firmware(vm, os),
+            arch=os.arch,
+            virtio_rng=virtio,
+            virtio_balloon=virtio,
+            virtio_serial=virtio,
+            drivers_installed=("virtio_blk", "virtio_net") if virtio else (),
+            warnings=tuple(guest.warnings),
+            changes=tuple(guest.changes),
+        )
