@@ -9,6 +9,8 @@ DEBS=(
     qemu-utils qemu-system-x86 nbdkit libnbd-bin debootstrap
     libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu libxml2-utils
     openssh-server openssh-client ovmf python3-venv
+    # bench/ compares vmshift with virt-v2v on the same guest.
+    virt-v2v
     # libguestfs boots its appliance with the host's kernel.
     linux-image-amd64
     # The test-guest factory: NTFS tools, an rpm database writer, cpio for initramfs images.

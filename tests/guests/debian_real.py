@@ -11,8 +11,16 @@ the way a VMware install leaves it, which is exactly what a conversion has to un
 - the NIC is configured by ifupdown under VMware's name `ens192` with a static TEST-NET address;
 - open-vm-tools is installed.
 
+Two more variants share that recipe and differ only in their disk (see VARIANTS):
+- LVM root: MBR, /boot ext4 on sda1, VG vg0 (LVs root and swap_1) on sda2, fstab naming
+  /dev/mapper/vg0-root and /boot as /dev/sda1, lvm2 in the initramfs;
+- GPT + UEFI: an ESP on sda1 holding grub-efi-amd64 both as EFI/debian and as the removable
+  fallback EFI/BOOT/BOOTX64.EFI (OVMF boots it with empty NVRAM), root /dev/sda2, VMX
+  firmware "efi".
+
 Two caches: the debootstrap tree (slow: downloads and installs packages, keyed by the package
-list) and the disk image (keyed by this file), so editing the image recipe does not re-download.
+list, so the LVM and UEFI variants each have their own) and the disk image (keyed by this
+file), so editing the image recipe does not re-download.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,14 +126,16 @@ iface ens192 inet static
 # names, and the converter has to find ens192 there.
 INTERFACE_NAMES = ("lo", "ens192")
 
-HOSTS = f"""\
-127.0.0.1\tlocalhost
-127.0.1.1\t{HOSTNAME}
 
-::1\tlocalhost ip6-localhost ip6-loopback
-ff02::1\tip6-allnodes
-ff02::2\tip6-allrouters
-"""
+def hosts(hostname: str) -> str:
+    return (
+        f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n"
+        "ff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n"
+    )
+
+
+HOSTS = hosts(HOSTNAME)
 
 GRUB_DEFAULT = """\
 GRUB_DEFAULT=0
@@ -144,6 +155,86 @@ path-exclude /usr/share/info/*
 path-exclude /usr/share/locale/*
 path-include /usr/share/locale/locale.alias
 """
+
+
+FSTAB_LVM = """\
+# /etc/fstab: static file system information.
+# <file system> <mount point>   <type>  <options>       <dump>  <pass>
+/dev/mapper/vg0-root /          ext4    errors=remount-ro 0       1
+# /boot was on /dev/sda1 during installation
+/dev/sda1       /boot           ext4    defaults        0       2
+/dev/mapper/vg0-swap_1 none     swap    sw              0       0
+"""
+
+FSTAB_UEFI = """\
+# /etc/fstab: static file system information.
+# <file system> <mount point>   <type>  <options>       <dump>  <pass>
+/dev/sda2       /               ext4    errors=remount-ro 0       1
+# /boot/efi was on /dev/sda1 during installation
+/dev/sda1       /boot/efi       vfat    umask=0077      0       1
+"""
+
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+BOOT_MIB = 256  # /boot of the LVM variant
+SWAP_MIB = 128
+ESP_MIB = 128
+_SECTORS_PER_MIB = 2048
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One real guest: the packages in its tree and the disk they are laid out on."""
+
+    name: str  # cache directory, file stem and the VMX's displayName
+    hostname: str
+    packages: tuple[str, ...]
+    layout: str  # mbr | lvm | uefi
+    fstab: str
+    root_device: str  # the root= every kernel line of grub.cfg must carry
+    firmware: str  # bios | uefi, as inspection reports it (the VMX says "efi")
+    mountpoints: tuple[tuple[str, str], ...]  # (mountpoint, filesystem type)
+    applications: tuple[str, ...]  # packages inspection must list, besides the kernel
+    bios_uuid: str
+
+
+BASE = Variant(
+    name=NAME,
+    hostname=HOSTNAME,
+    packages=PACKAGES,
+    layout="mbr",
+    fstab=FSTAB,
+    root_device="/dev/sda1",
+    firmware="bios",
+    mountpoints=(("/", "ext4"),),
+    applications=("open-vm-tools", "grub-pc", "ifupdown"),
+    bios_uuid="42 1a 5e 3c 7d 9b 0a 11-8c 2e 4f 6a 1b 3d 5c 70",
+)
+LVM = Variant(
+    name="debian12-vmware-lvm",
+    hostname="debian12-lvm",
+    packages=(*PACKAGES, "lvm2"),
+    layout="lvm",
+    fstab=FSTAB_LVM,
+    root_device="/dev/mapper/vg0-root",
+    firmware="bios",
+    mountpoints=(("/", "ext4"), ("/boot", "ext4")),
+    applications=("open-vm-tools", "grub-pc", "ifupdown", "lvm2"),
+    bios_uuid="42 1a 5e 3c 7d 9b 0a 11-8c 2e 4f 6a 1b 3d 5c 71",
+)
+UEFI = Variant(
+    name="debian12-vmware-uefi",
+    hostname="debian12-uefi",
+    # grub-pc and grub-efi-amd64 conflict: a UEFI install has only the latter.
+    packages=tuple("grub-efi-amd64" if p == "grub-pc" else p for p in PACKAGES),
+    layout="uefi",
+    fstab=FSTAB_UEFI,
+    root_device="/dev/sda2",
+    firmware="uefi",
+    mountpoints=(("/", "ext4"), ("/boot/efi", "vfat")),
+    applications=("open-vm-tools", "grub-efi-amd64", "ifupdown"),
+    bios_uuid="42 1a 5e 3c 7d 9b 0a 11-8c 2e 4f 6a 1b 3d 5c 72",
+)
+VARIANTS = (BASE, LVM, UEFI)
 
 
 @dataclass(frozen=True)
@@ -203,17 +294,20 @@ def _unmount_all_under(path: Path) -> None:
         raise RuntimeError(f"cannot unmount {left}; remove them by hand before retrying")
 
 
-def _tree_version() -> str:
-    recipe = repr((SUITE, MIRROR, "minbase", PACKAGES, PRUNED_MODULE_DIRS, NODOC, TREE_RECIPE))
+def _tree_version(packages: tuple[str, ...] = PACKAGES) -> str:
+    recipe = repr((SUITE, MIRROR, "minbase", packages, PRUNED_MODULE_DIRS, NODOC, TREE_RECIPE))
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
 
-def debootstrap_tree() -> Path:
-    """The installed bookworm tree (cached). Only the image builder should write below it."""
-    return cached_dir("debian12-tree", _tree_version(), _build_tree) / "root"
+def debootstrap_tree(packages: tuple[str, ...] = PACKAGES) -> Path:
+    """The installed bookworm tree with `packages` (cached). Only the image builder should
+    write below it."""
+    build = partial(_build_tree, packages)
+    return cached_dir("debian12-tree", _tree_version(packages), build) / "root"
 
 
-def _build_tree(out: Path) -> None:
+def _build_tree(packages: tuple[str, ...], out: Path) -> None:
+    started = time.monotonic()
     target = out / "root"
     # Downloaded .debs survive a tree rebuild, so changing the recipe costs no second download.
     debs = cache_root() / "debootstrap-debs"
@@ -231,7 +325,7 @@ def _build_tree(out: Path) -> None:
                 "--arch=amd64",
                 "--variant=minbase",
                 "--components=main",
-                f"--include={','.join(PACKAGES)}",
+                f"--include={','.join(packages)}",
                 f"--cache-dir={debs}",
                 SUITE,
                 str(target),
@@ -242,6 +336,8 @@ def _build_tree(out: Path) -> None:
     finally:
         _unmount_all_under(target)
     _slim_tree(target)
+    seconds = round(time.monotonic() - started, 1)
+    (out / "build.json").write_text(json.dumps({"build_seconds": seconds}) + "\n")
 
 
 def _slim_tree(root: Path) -> None:
@@ -284,53 +380,66 @@ def _kernel_version(tree: Path) -> str:
 
 def build_real_debian() -> BuiltGuest:
     """The Debian 12 VMware guest: built on first use (a few minutes), then read from the cache."""
-    tree = debootstrap_tree()
-    out = cached_dir(NAME, source_version(__file__), _build_image)
+    return _build(BASE)
+
+
+def build_real_debian_lvm() -> BuiltGuest:
+    """The LVM-root variant (VMX + VMDK, BIOS): built on first use, then read from the cache."""
+    return _build(LVM)
+
+
+def build_real_debian_uefi() -> BuiltGuest:
+    """The GPT + UEFI variant (VMX firmware "efi"): built on first use, then cached."""
+    return _build(UEFI)
+
+
+def _build(variant: Variant) -> BuiltGuest:
+    tree = debootstrap_tree(variant.packages)
+    out = cached_dir(variant.name, source_version(__file__), partial(_build_image, variant))
     facts = _Facts.load(out / "facts.json")
-    minor = int(facts.debian_version.split(".")[1])
     return BuiltGuest(
-        name=NAME,
-        disks=(out / f"{NAME}.vmdk",),
-        oses=(
-            ExpectedOS(
-                type="linux",
-                distro="debian",
-                product_name=facts.product_name,
-                major_version=12,
-                minor_version=minor,
-                arch="x86_64",
-                hostname=HOSTNAME,
-                package_format="deb",
-                package_manager="apt",
-                firmware="bios",
-                mountpoints={"/": "ext4"},
-                applications=("open-vm-tools", facts.kernel_package, "grub-pc", "ifupdown"),
-                foreign_software=("vmware",),
-                linux=ExpectedLinux(
-                    kernels=(
-                        ExpectedKernel(
-                            version=facts.kernel_version,
-                            virtio_blk="module",
-                            virtio_net="module",
-                            initramfs_virtio_blk=False,
-                        ),
-                    ),
-                    bootloader="grub2",
-                    network_configs=(
-                        ExpectedNetworkConfig(
-                            "/etc/network/interfaces", "ifupdown", INTERFACE_NAMES
-                        ),
-                    ),
-                ),
-            ),
-        ),
-        extra={"vmx": out / f"{NAME}.vmx", "tree": tree, "facts": out / "facts.json"},
+        name=variant.name,
+        disks=(out / f"{variant.name}.vmdk",),
+        oses=(_expected(variant, facts),),
+        extra={"vmx": out / f"{variant.name}.vmx", "tree": tree, "facts": out / "facts.json"},
     )
 
 
-def _build_image(out: Path) -> None:
+def _expected(variant: Variant, facts: _Facts) -> ExpectedOS:
+    return ExpectedOS(
+        type="linux",
+        distro="debian",
+        product_name=facts.product_name,
+        major_version=12,
+        minor_version=int(facts.debian_version.split(".")[1]),
+        arch="x86_64",
+        hostname=variant.hostname,
+        package_format="deb",
+        package_manager="apt",
+        firmware=variant.firmware,
+        mountpoints=dict(variant.mountpoints),
+        applications=(*variant.applications, facts.kernel_package),
+        foreign_software=("vmware",),
+        linux=ExpectedLinux(
+            kernels=(
+                ExpectedKernel(
+                    version=facts.kernel_version,
+                    virtio_blk="module",
+                    virtio_net="module",
+                    initramfs_virtio_blk=False,
+                ),
+            ),
+            bootloader="grub2",
+            network_configs=(
+                ExpectedNetworkConfig("/etc/network/interfaces", "ifupdown", INTERFACE_NAMES),
+            ),
+        ),
+    )
+
+
+def _build_image(variant: Variant, out: Path) -> None:
     started = time.monotonic()
-    tree = debootstrap_tree()
+    tree = debootstrap_tree(variant.packages)
     kernel = _kernel_version(tree)
     tarball = out / "tree.tar"
     raw = out / "disk.raw"
@@ -339,10 +448,11 @@ def _build_image(out: Path) -> None:
         ["tar", "--numeric-owner", "--xattrs", "--acls", "-C", str(tree), "-cf", str(tarball), "."]
     )
     try:
-        facts = _fill_disk(raw, tarball, kernel)
+        facts = _fill_disk(variant, raw, tarball, kernel)
     finally:
         tarball.unlink(missing_ok=True)
     # adapter_type=lsilogic is what VMware writes into the descriptor of a (pv)SCSI disk.
+    vmdk = f"{variant.name}.vmdk"
     _run(
         [
             "qemu-img",
@@ -354,11 +464,11 @@ def _build_image(out: Path) -> None:
             "-o",
             "subformat=monolithicSparse,adapter_type=lsilogic",
             str(raw),
-            str(out / f"{NAME}.vmdk"),
+            str(out / vmdk),
         ]
     )
     raw.unlink()
-    (out / f"{NAME}.vmx").write_text(_vmx(f"{NAME}.vmdk"))
+    (out / f"{variant.name}.vmx").write_text(_vmx(variant, vmdk))
     _Facts(
         kernel_version=kernel,
         debian_version=facts["debian_version"],
@@ -369,7 +479,7 @@ def _build_image(out: Path) -> None:
     (out / "initramfs-modules.txt").write_text("\n".join(facts["initramfs_modules"]) + "\n")
 
 
-def _fill_disk(raw: Path, tarball: Path, kernel: str) -> dict[str, Any]:
+def _fill_disk(variant: Variant, raw: Path, tarball: Path, kernel: str) -> dict[str, Any]:
     """Partition, unpack, configure, make bootable; return what inspection and lsinitramfs saw."""
     import guestfs
 
@@ -383,20 +493,18 @@ def _fill_disk(raw: Path, tarball: Path, kernel: str) -> dict[str, Any]:
         g.disk_create(str(raw), "raw", DISK_SIZE, preallocation="sparse")
         g.add_drive_opts(str(raw), format="raw")
         g.launch()
-        g.part_init("/dev/sda", "mbr")
-        g.part_add("/dev/sda", "p", 2048, -1)
-        g.part_set_bootable("/dev/sda", 1, True)
-        g.mkfs("ext4", "/dev/sda1")
-        g.mount("/dev/sda1", "/")
+        _lay_out(g, variant)
         g.tar_in(str(tarball), "/", xattrs=True, acls=True)
-        _configure(g)
+        _configure(g, variant)
         # In the appliance the disk is /dev/sda on virtio-scsi, the same name it has on pvscsi.
         g.command(["update-initramfs", "-u", "-k", kernel])
-        g.command(["grub-install", "--target=i386-pc", "/dev/sda"])
+        _install_grub(g, variant)
         g.command(["update-grub"])
         grub_cfg = g.cat("/boot/grub/grub.cfg")
-        if "root=/dev/sda1" not in grub_cfg or "root=UUID" in grub_cfg:
-            raise RuntimeError("grub.cfg does not name the root /dev/sda1:\n" + grub_cfg)
+        if f"root={variant.root_device} " not in grub_cfg or "root=UUID" in grub_cfg:
+            raise RuntimeError(
+                f"grub.cfg does not name the root {variant.root_device}:\n{grub_cfg}"
+            )
         initramfs_modules = _initramfs_modules(g, kernel, raw.parent)
         debian_version = g.cat("/etc/debian_version").strip()
         g.umount_all()
@@ -413,14 +521,16 @@ def _fill_disk(raw: Path, tarball: Path, kernel: str) -> dict[str, Any]:
             "hostname": g.inspect_get_hostname(root),
             "arch": g.inspect_get_arch(root),
             "package_format": g.inspect_get_package_format(root),
+            "mountpoints": sorted(g.inspect_get_mountpoints(root)),
         }
         want = {
             "distro": "debian",
             "major": 12,
             "minor": int(debian_version.split(".")[1]),
-            "hostname": HOSTNAME,
+            "hostname": variant.hostname,
             "arch": "x86_64",
             "package_format": "deb",
+            "mountpoints": sorted(mp for mp, _ in variant.mountpoints),
         }
         if seen != want:
             raise RuntimeError(f"libguestfs inspection says {seen}, the builder made {want}")
@@ -434,11 +544,69 @@ def _fill_disk(raw: Path, tarball: Path, kernel: str) -> dict[str, Any]:
     }
 
 
-def _configure(g: Any) -> None:
+def _lay_out(g: Any, variant: Variant) -> None:
+    """Partition and format /dev/sda as the variant says; mount it all at the guest's paths."""
+    first = 2048
+    if variant.layout == "mbr":
+        g.part_init("/dev/sda", "mbr")
+        g.part_add("/dev/sda", "p", first, -1)
+        g.part_set_bootable("/dev/sda", 1, True)
+        g.mkfs("ext4", "/dev/sda1")
+        mounts = [("/dev/sda1", "/")]
+    elif variant.layout == "lvm":
+        # debian-installer's "guided - use entire disk and set up LVM", /boot first.
+        boot_end = first + BOOT_MIB * _SECTORS_PER_MIB
+        g.part_init("/dev/sda", "mbr")
+        g.part_add("/dev/sda", "p", first, boot_end - 1)
+        g.part_add("/dev/sda", "p", boot_end, -1)
+        g.part_set_bootable("/dev/sda", 1, True)
+        g.part_set_mbr_id("/dev/sda", 2, 0x8E)
+        g.mkfs("ext4", "/dev/sda1")
+        g.pvcreate("/dev/sda2")
+        g.vgcreate("vg0", ["/dev/sda2"])
+        g.lvcreate("swap_1", "vg0", SWAP_MIB)
+        g.lvcreate_free("root", "vg0", 100)
+        g.mkfs("ext4", "/dev/vg0/root")
+        g.mkswap("/dev/vg0/swap_1")
+        mounts = [("/dev/vg0/root", "/"), ("/dev/sda1", "/boot")]
+    elif variant.layout == "uefi":
+        esp_end = first + ESP_MIB * _SECTORS_PER_MIB
+        g.part_init("/dev/sda", "gpt")
+        g.part_add("/dev/sda", "p", first, esp_end - 1)
+        # The last 33 sectors hold the backup GPT.
+        g.part_add("/dev/sda", "p", esp_end, -34)
+        g.part_set_gpt_type("/dev/sda", 1, ESP_GUID)
+        g.mkfs("vfat", "/dev/sda1")
+        g.mkfs("ext4", "/dev/sda2")
+        mounts = [("/dev/sda2", "/"), ("/dev/sda1", "/boot/efi")]
+    else:
+        raise ValueError(f"unknown layout {variant.layout!r}")
+    for device, mountpoint in mounts:
+        if mountpoint != "/":
+            g.mkdir_p(mountpoint)
+        g.mount(device, mountpoint)
+
+
+def _install_grub(g: Any, variant: Variant) -> None:
+    if variant.layout != "uefi":
+        g.command(["grub-install", "--target=i386-pc", "/dev/sda"])
+        return
+    # The appliance has no EFI variables to write a boot entry into, and a VM booted with
+    # fresh OVMF variables finds nothing but the removable-media path: install grub there
+    # too, as Debian does with grub2/force_efi_extra_removable.
+    efi = ["grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi", "--no-nvram"]
+    g.command([*efi, "--bootloader-id=debian"])
+    g.command([*efi, "--removable"])
+    for path in ("/boot/efi/EFI/debian/grubx64.efi", "/boot/efi/EFI/BOOT/BOOTX64.EFI"):
+        if not g.is_file(path):
+            raise RuntimeError(f"grub-install left no {path}")
+
+
+def _configure(g: Any, variant: Variant) -> None:
     """What a Debian installer on VMware would have left, with root by device name."""
-    g.write("/etc/hostname", HOSTNAME + "\n")
-    g.write("/etc/hosts", HOSTS)
-    g.write("/etc/fstab", FSTAB)
+    g.write("/etc/hostname", variant.hostname + "\n")
+    g.write("/etc/hosts", hosts(variant.hostname))
+    g.write("/etc/fstab", variant.fstab)
     g.write("/etc/network/interfaces", INTERFACES)
     g.mkdir_p("/etc/network/interfaces.d")
     g.write("/etc/default/grub", GRUB_DEFAULT)
@@ -454,6 +622,9 @@ def _configure(g: Any) -> None:
         + "\n".join(INITRAMFS_MODULES)
         + "\n",
     )
+    if variant.layout == "lvm":
+        # debian-installer names the swap it set up as the resume device.
+        g.write("/etc/initramfs-tools/conf.d/resume", "RESUME=/dev/mapper/vg0-swap_1\n")
     # systemd would start it anyway for the last console= on the command line; enabling it
     # makes the login prompt independent of the command line the converter leaves behind.
     g.mkdir_p("/etc/systemd/system/getty.target.wants")
@@ -483,20 +654,20 @@ def _initramfs_modules(g: Any, kernel: str, scratch: Path) -> list[str]:
     return modules
 
 
-def _vmx(vmdk_name: str) -> str:
+def _vmx(variant: Variant, vmdk_name: str) -> str:
     """A VMX as ESXi 7 writes it for a Debian VM with pvscsi and vmxnet3 (trimmed)."""
     entries = {
         ".encoding": "UTF-8",
         "config.version": "8",
         "virtualHW.version": "19",
-        "displayName": NAME,
+        "displayName": variant.name,
         "guestOS": "debian12-64",
         "memSize": "1024",
         "numvcpus": "2",
         "cpuid.coresPerSocket": "1",
-        "firmware": "bios",
-        "nvram": f"{NAME}.nvram",
-        "uuid.bios": "42 1a 5e 3c 7d 9b 0a 11-8c 2e 4f 6a 1b 3d 5c 70",
+        "firmware": "efi" if variant.firmware == "uefi" else "bios",
+        "nvram": f"{variant.name}.nvram",
+        "uuid.bios": variant.bios_uuid,
         "pciBridge0.present": "TRUE",
         "pciBridge4.present": "TRUE",
         "pciBridge4.virtualDev": "pcieRootPort",

@@ -11,6 +11,11 @@ libguestfs inspection recognises fully (like libguestfs's own test-data/phony-gu
 - nokernel: Debian 11 whose only kernel has no virtio at all; qcow2
 - empty: one ext4 partition and no operating system; raw
 
+Every guest can run its distribution's tools through libguestfs g.command: a static busybox is
+its /bin/sh and stubs stand in for dracut, grub2-mkconfig, grubby, rpm, update-initramfs,
+update-grub, grub-mkconfig and dpkg, logging each call to /var/log/vmshift-stub-calls.log
+(stub_tools.py documents the format and what each stub leaves behind).
+
 The recipes live in linux_deb.py and linux_rpm.py; each states what it built as an ExpectedOS
 whose libguestfs-derived values were checked against real inspection by
 tests/integration/test_linux_guests_build.py.
@@ -29,6 +34,7 @@ from tests.guests import (
     linux_rpm,
     recipe,
     rpmdb,
+    stub_tools,
 )
 from tests.guests.cache import cached_dir, source_version
 from tests.guests.disks import DiskJob, DiskSpec, Volume
@@ -65,6 +71,7 @@ _SOURCES = (
     linux_rpm.__file__,
     recipe.__file__,
     rpmdb.__file__,
+    stub_tools.__file__,
 )
 
 

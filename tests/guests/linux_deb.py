@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.guests import kernel_files, linux_files
+from tests.guests import kernel_files, linux_files, stub_tools
 from tests.guests.disks import DiskJob, DiskSpec, Formatted, Volume
 from tests.guests.kernel_files import Initramfs, Kernel
 from tests.guests.linux_files import DebPackage
@@ -62,6 +62,14 @@ def _debian12_packages(*extra: DebPackage) -> tuple[DebPackage, ...]:
     return tuple(sorted((*base, *extra), key=lambda p: p.name))
 
 
+def _initramfs_tools(root: Path, kernel: Kernel) -> None:
+    """Stub tools and an initramfs-tools setup that agrees with the image: an image carrying
+    virtio was made with MODULES=most, one without it with MODULES=dep on the old hypervisor."""
+    stub_tools.install_deb_family(root)
+    generic = kernel.initramfs is not None and "virtio_blk" in kernel.initramfs.modules
+    linux_files.initramfs_tools_config(root, "most" if generic else "dep")
+
+
 def _grub_modules(root: Path, platform: str) -> None:
     for name in ("normal.mod", "ext2.mod", "part_msdos.mod", "part_gpt.mod"):
         linux_files.write(root, f"boot/grub/{platform}/{name}", b"\0" * 64)
@@ -85,6 +93,7 @@ def _debian_system(
     linux_files.debian_release(root, *release)
     linux_files.dpkg_status(root, packages)
     kernel_files.install(root, kernel)
+    _initramfs_tools(root, kernel)
     # The kernel postinst keeps these root-level links; they are not kernels of their own.
     linux_files.symlink(root, "vmlinuz", f"boot/{kernel.vmlinuz_name}")
     if kernel.initramfs:
@@ -355,6 +364,9 @@ def ubuntu() -> Recipe:
         linux_files.ubuntu_release(root, "22.04", "22.04.3", "jammy")
         linux_files.dpkg_status(root, packages)
         kernel_files.install(root, kernel)
+        # Ubuntu's default MODULES=most (its kernel has virtio built in anyway).
+        stub_tools.install_deb_family(root)
+        linux_files.initramfs_tools_config(root, "most")
         assert kernel.initramfs is not None
         # Ubuntu keeps its "current kernel" links in /boot itself.
         linux_files.symlink(root, "boot/vmlinuz", kernel.vmlinuz_name)

@@ -3,6 +3,12 @@
 Each function writes what one distribution's own tool would have written (installer, dpkg,
 grub-mkconfig, netplan, NetworkManager...), in the real paths and formats, so the inspector
 under test reads them exactly as it would read a real guest's.
+
+Every guest also gets a static busybox as /bin/sh and stubs of its distribution's tools
+(dracut, grub2-mkconfig, grubby, rpm; update-initramfs, update-grub, grub-mkconfig, dpkg), so
+conversion steps can run them through g.command. Each stub call appends one line
+`<tool> <args...>` (shell-quoted like shlex.quote) to /var/log/vmshift-stub-calls.log: the
+format and what each stub does are documented in stub_tools.py.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.guests import stub_tools
 from tests.guests.kernel_files import Kernel
 
 # Host binaries that libguestfs runs `file` on to decide the guest's architecture.
@@ -33,7 +40,8 @@ def symlink(root: Path, rel: str, target: str) -> None:
 
 
 def base_system(root: Path, *, usrmerge: bool, hostname: str, fstab: str) -> None:
-    """The skeleton every Linux root has, with real x86_64 ELF binaries for the arch probe."""
+    """The skeleton every Linux root has, with real x86_64 ELF binaries for the arch probe and a
+    static busybox as /bin/sh for the stub tools."""
     skeleton = "etc usr/bin usr/sbin usr/lib usr/lib64 usr/share var/log var/tmp var/spool"
     skeleton += " var/lib tmp root home dev proc sys run boot mnt opt srv media"
     for d in skeleton.split():
@@ -48,7 +56,7 @@ def base_system(root: Path, *, usrmerge: bool, hostname: str, fstab: str) -> Non
     for prog in _ARCH_PROBES:
         host = shutil.which(prog) or f"/bin/{prog}"
         write(root, f"{bindir}/{prog}", Path(host).read_bytes(), 0o755)
-    symlink(root, f"{bindir}/sh", "bash")
+    stub_tools.install_busybox(root, bindir)
     write(root, "etc/hostname", f"{hostname}\n")
     write(root, "etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n")
     write(root, "etc/fstab", fstab)
@@ -154,6 +162,39 @@ def dpkg_status(root: Path, packages: Sequence[DebPackage]) -> None:
     write(root, "var/lib/dpkg/status", "".join(s + "\n" for s in stanzas))
     for p in packages:
         write(root, f"var/lib/dpkg/info/{p.name}.list", "/.\n")
+
+
+# --- initramfs tools ------------------------------------------------------------------------
+
+
+def initramfs_tools_config(root: Path, modules: str) -> None:
+    """/etc/initramfs-tools as Debian ships it, with MODULES=`modules` (most | dep | list)."""
+    write(
+        root,
+        "etc/initramfs-tools/initramfs.conf",
+        "#\n# initramfs.conf\n# Configuration file for mkinitramfs(8). See initramfs.conf(5).\n"
+        f"#\n\nMODULES={modules}\nBUSYBOX=auto\nCOMPRESS=zstd\nDEVICE=\nNFSROOT=auto\n"
+        "RUNSIZE=10%\nFSTYPE=auto\n",
+    )
+    write(
+        root,
+        "etc/initramfs-tools/modules",
+        "# List of modules that you want to include in your initramfs.\n"
+        "# They will be loaded at boot time in the order below.\n#\n"
+        "# Syntax:  module_name [args ...]\n#\n"
+        "# You must run update-initramfs(8) to effect this change.\n",
+    )
+    (root / "etc/initramfs-tools/conf.d").mkdir(exist_ok=True)
+
+
+def dracut_config(root: Path) -> None:
+    write(
+        root,
+        "etc/dracut.conf",
+        '# PUT YOUR CONFIG IN separate files\n# in /etc/dracut.conf.d named "<name>.conf"\n'
+        "# SEE man dracut.conf(5) for options\n",
+    )
+    (root / "etc/dracut.conf.d").mkdir(exist_ok=True)
 
 
 # --- grub ----------------------------------------------------------------------------------

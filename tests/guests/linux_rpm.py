@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from tests.guests import kernel_files, linux_files, rpmdb
+from tests.guests import kernel_files, linux_files, rpmdb, stub_tools
 from tests.guests.disks import DiskJob, DiskSpec, Formatted, Volume
 from tests.guests.kernel_files import Initramfs, Kernel
 from tests.guests.manifest import ExpectedNetworkConfig
@@ -79,6 +79,8 @@ def rhel() -> Recipe:
         linux_files.base_system(root, usrmerge=True, hostname=hostname, fstab=fmt.fstab)
         linux_files.rhel_release(root, "9.3")
         rpmdb.write_rpmdb(root, packages, scratch / "rpm")
+        stub_tools.install_rpm_family(root, "rhel", stub_tools.rpm_list(packages))
+        linux_files.dracut_config(root)
         for k in kernels:
             kernel_files.install(root, k)
         mid = linux_files.machine_id(hostname)
@@ -188,6 +190,8 @@ def suse() -> Recipe:
         # SLE 15 keeps the database in /usr/lib/sysimage/rpm; /var/lib/rpm is a link to it.
         rpmdb.write_rpmdb(root, packages, scratch / "rpm", dbpath="/usr/lib/sysimage/rpm")
         linux_files.symlink(root, "var/lib/rpm", "../../usr/lib/sysimage/rpm")
+        stub_tools.install_rpm_family(root, "suse", stub_tools.rpm_list(packages))
+        linux_files.dracut_config(root)
         kernel_files.install(root, kernel)
         assert kernel.initramfs is not None
         linux_files.symlink(root, "boot/vmlinuz", kernel.vmlinuz_name)

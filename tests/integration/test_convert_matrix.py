@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -226,13 +227,15 @@ class Case:
         return "-".join(parts)
 
 
+# Renamed with -on: test_output_name checks what that changes, on this same run.
+RENAMED = Case("ova", "libvirt", "qcow2", rename="web01-renamed")
 CASES = [
     Case("vmx", "local", "qcow2"),
     Case("vmx", "libvirt", "raw", preallocated=True),
     Case("vmx", "qemu", "raw"),
     Case("vmx", "null", "qcow2"),
     Case("ova", "local", "raw", preallocated=True),
-    Case("ova", "libvirt", "qcow2"),
+    RENAMED,
     Case("ova", "qemu", "qcow2"),
     Case("ova", "null", "raw"),
     Case("libvirtxml", "local", "raw"),
@@ -240,7 +243,6 @@ CASES = [
     Case("libvirtxml", "qemu", "qcow2", preallocated=True),
     Case("libvirtxml", "null", "raw"),
 ]
-RENAME = Case("vmx", "local", "raw", rename="renamed-web01")
 
 
 @dataclass(frozen=True)
@@ -339,12 +341,12 @@ def _convert(plan: Plan) -> Run:
 def _selected(session: pytest.Session) -> list[Case]:
     """The cases of this module that this session will run, in the order it runs them."""
     here = Path(__file__).resolve()
-    cases = []
+    cases: list[Case] = []
     for item in session.items:
         callspec = getattr(item, "callspec", None)
         if item.path.resolve() == here and callspec is not None:
             case = callspec.params.get("case")
-            if isinstance(case, Case):
+            if isinstance(case, Case) and case not in cases:
                 cases.append(case)
     return cases
 
@@ -361,10 +363,14 @@ def conversions(
     matrix_guests: dict[str, Guest],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[Case, Future[Run]]]:
+    """The selected cases' conversions, started in the background (JOBS at a time)."""
     cases = _selected(request.session)
     daemon: PrivateLibvirtd | None = None
     if any(c.target == "libvirt" for c in cases):
-        daemon = request.getfixturevalue("libvirtd")
+        try:
+            daemon = request.getfixturevalue("libvirtd")
+        except pytest.skip.Exception:  # no libvirtd here: the other targets still run
+            cases = [c for c in cases if c.target != "libvirt"]
     plans = [
         _plan(c, matrix_guests[c.source], tmp_path_factory.mktemp(str(c)), daemon) for c in cases
     ]
@@ -520,7 +526,10 @@ def check_run(run: Run) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "vmshift: error" not in proc.stderr
-    assert proc.stdout.splitlines()[-1] == f"vmshift: {run.name} configured with virtio drivers."
+    # The phony RHEL's kernels have virtio modules in the initramfs: a converter may list
+    # the drivers it made available, "(virtio_blk, ...)".
+    verdict = rf"vmshift: {re.escape(run.name)} configured with virtio drivers( \([^)]*\))?\."
+    assert re.fullmatch(verdict, proc.stdout.splitlines()[-1]), proc.stdout
     CHECKS[run.case.target](run)
     for scratch in run.scratch:
         assert sorted(scratch.iterdir()) == [], f"{scratch} was left with files"
@@ -532,16 +541,31 @@ def check_run(run: Run) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_convert(case: Case, conversions: dict[Case, Future[Run]]) -> None:
+    if case not in conversions:
+        pytest.skip("libvirtd is not available")
     run = conversions[case].result()
     print(f"{case}: {run.seconds:.0f} s")
     check_run(run)
 
 
-@pytest.mark.parametrize("case", [RENAME], ids=str)
+@pytest.mark.parametrize("case", [RENAMED], ids=str)
 def test_output_name(case: Case, conversions: dict[Case, Future[Run]]) -> None:
-    """-on NAME renames the guest: its files, its <name>, and the verdict."""
+    """-on NAME renames the guest: its volume, its domain, and the verdict; nothing keeps the
+    source's name. (The run is one of the matrix's: test_convert checks the rest of it.)"""
+    if case not in conversions:
+        pytest.skip("libvirtd is not available")
     run = conversions[case].result()
-    check_run(run)
-    assert run.name == "renamed-web01" != run.guest.name
-    assert run.out is not None
-    assert not any(run.guest.name in p.name for p in run.out.iterdir())
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert run.name == "web01-renamed" != run.guest.name
+    assert run.proc.stdout.splitlines()[-1].startswith("vmshift: web01-renamed configured ")
+    assert run.out is not None and run.libvirtd is not None
+    assert sorted(p.name for p in run.out.iterdir()) == ["web01-renamed-sda"]
+    conn = run.libvirtd.connect()
+    try:
+        names = [dom.name() for dom in conn.listAllDomains(0)]
+        assert "web01-renamed" in names
+        assert run.guest.name not in names
+        xml = conn.lookupByName("web01-renamed").XMLDesc(0)
+        assert describe(xml).name == "web01-renamed"
+    finally:
+        conn.close()

@@ -102,6 +102,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="guest name for -i disk (default: from the first disk's file name)",
     )
     p.add_argument("--print-source", action="store_true", help="print what was read and exit")
+    p.add_argument("--report", type=Path, metavar="FILE", help="write a JSON report to FILE")
     p.add_argument("--qemu-boot", action="store_true", help="with -o qemu: boot the result")
     p.add_argument(
         "--machine-readable",

@@ -36,7 +36,9 @@ class Converter(Protocol):
 
 # OS type -> converter class. Types without an entry are copied unmodified, on the devices
 # they can already boot from.
-CONVERTERS: dict[str, str] = {}
+CONVERTERS: dict[str, str] = {
+    "linux": "vmshift.convert.linux:LinuxConverter",
+}
 FALLBACK = "vmshift.convert.unmodified:UnmodifiedConverter"
 
 

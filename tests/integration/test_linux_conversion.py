@@ -1,0 +1,67 @@
+"""Issue acceptance: the real Debian VMware guest converts and boots on virtio, network included."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import sha256, vmshift
+from tests.guests.boot import boot_to_login
+from tests.guests.manifest import BuiltGuest
+
+pytestmark = [pytest.mark.slow, pytest.mark.realguest]
+
+ROOT_PASSWORD = "vmshift"
+STATIC_ADDRESS = "192.0.2.10/24"
+
+
+def _convert(vmx: Path, outdir: Path, *extra: str) -> tuple[str, dict[str, object]]:
+    report = outdir.parent / f"{outdir.name}-report.json"
+    proc = vmshift(
+        ["convert", "-i", "vmx", vmx, "-o", "local", "-os", outdir, "-of", "qcow2",
+         "--report", report, *extra],
+        timeout=2400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc: dict[str, object] = json.loads(report.read_text())
+    return proc.stdout.strip().splitlines()[-1], doc
+
+
+def test_real_debian_boots_on_virtio_with_its_static_address(
+    real_debian: BuiltGuest, tmp_path: Path
+) -> None:
+    vmx = real_debian.extra["vmx"]
+    sources = [vmx, *real_debian.disks]
+    before = {p: sha256(p) for p in sources}
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    verdict, report = _convert(vmx, outdir)
+    assert verdict.startswith("vmshift: debian12-vmware configured with virtio drivers")
+
+    xml = (outdir / "debian12-vmware.xml").read_text().replace('"', "'")
+    assert "<target dev='vda' bus='virtio'/>" in xml
+    assert "<mac address='00:50:56:1a:2b:3c'/>" in xml
+    assert "<model type='virtio'/>" in xml
+
+    steps = {c["step"] for c in report["changes"]}  # type: ignore[attr-defined]
+    assert {"tools_removal", "initramfs", "devices", "network"} <= steps
+    assert report["devices"]["virtio"] is True  # type: ignore[index]
+
+    result = boot_to_login(
+        outdir / "debian12-vmware-sda",
+        disk_bus="virtio-blk",
+        nic_model="virtio-net-pci",
+        mac="00:50:56:1a:2b:3c",
+        command="ip -br addr; dpkg -s open-vm-tools >/dev/null 2>&1 && echo TOOLS-PRESENT",
+        password=ROOT_PASSWORD,
+        timeout=900,
+    )
+    assert result.reached_login, result.tail()
+    output = result.command_output or ""
+    iface = next(line for line in output.splitlines() if line.startswith("ens192 "))
+    assert "UP" in iface
+    assert STATIC_ADDRESS in iface
+    assert "TOOLS-PRESENT" not in output
+    assert {p: sha256(p) for p in sources} == before
