@@ -544,7 +544,7 @@ def test_convert(case: Case, conversions: dict[Case, Future[Run]]) -> None:
     if case not in conversions:
         pytest.skip("libvirtd is not available")
     run = conversions[case].result()
-    print(f"{case}: {run.seconds:.0f} s")
+    print(f"{case}: {run.seconds:.0f} s: {run.proc.stdout.strip().splitlines()[-1:]}")
     check_run(run)
 
 

@@ -204,6 +204,7 @@ def test_vmware_locations() -> None:
         "file /usr/bin/vmware-toolbox-cmd 1700000000\nfile /etc/vmware-tools/tools.conf\n"
         "remove_file /etc/vmware-tools/tools.conf\nfile /etc/../etc/shadow\nfile relative\n"
         "file /lib/modules/3.10.0/misc/vmxnet.ko 1700000001\n"
+        "file /boot/initrd-3.10.0.img 1700000002\n"
     )
     files, dirs = tools_removal.vmware_locations(text)
     assert files == ["/usr/bin/vmware-toolbox-cmd", "/lib/modules/3.10.0/misc/vmxnet.ko"]

@@ -4,8 +4,9 @@ The steps run in this order on the guest mounted read-write (the overlay, never 
 
     tools_removal  remove other hypervisors' software (packages, tarball installs, repos)
     kernel         choose the kernel that will boot, one that can drive virtio
-    initramfs      rebuild its initramfs with the virtio drivers (guest's own tool)
     devices        rename block devices (sdX/hdX/xvdX -> vdX, or UUID=) everywhere
+    initramfs      rebuild its initramfs with the virtio drivers (guest's own tool); after
+                   devices, because the initramfs copies lvm.conf and resume= settings
     bootloader     kernel command line, default kernel, regenerate grub config
     consoles       hvc0/xvc0 -> ttyS0; X drivers
     network        keep interface names working when the NIC model changes

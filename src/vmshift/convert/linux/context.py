@@ -71,15 +71,25 @@ class LinuxGuest:
         try:
             if not self.g.is_file(path, followsymlinks=True):
                 return None
-            data: bytes = self.g.read_file(path)
+            size: int = self.g.filesize(path)
+            # pread is far cheaper than read_file per call in the appliance protocol.
+            chunks = []
+            offset = 0
+            while offset < size:
+                chunk: bytes = self.g.pread(path, min(1 << 20, size - offset), offset)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                offset += len(chunk)
         except RuntimeError:
             return None
-        return data.decode("utf-8", errors="surrogateescape")
+        return b"".join(chunks).decode("utf-8", errors="surrogateescape")
 
     def write(self, path: str, text: str, step: str, what: str) -> None:
         """Replace a guest file's content, keeping a .vmshift-orig copy of the first version."""
         backup = f"{path}.vmshift-orig"
         if self.g.is_file(path, followsymlinks=True) and not self.g.exists(backup):
-            self.g.cp_a(path, backup)
+            # Plain cp: cp -a fails on vfat (the ESP), which cannot hold owners and modes.
+            self.g.cp(path, backup)
         self.g.write(path, text.encode("utf-8", errors="surrogateescape"))
         self.note(step, what, path)

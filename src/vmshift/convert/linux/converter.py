@@ -39,9 +39,11 @@ class LinuxConverter:
                 # initramfs already handles, and change device names accordingly.
                 guest.block_bus = "sata"
                 guest.warn("no installed kernel supports virtio; using SATA disks and e1000")
-            else:
-                initramfs.rebuild(guest)
+            # Device names first: the initramfs carries lvm.conf, resume= and LVM's devices
+            # file, so it must be rebuilt after they name the new disks.
             devices.rename_block_devices(guest)
+            if virtio:
+                initramfs.rebuild(guest)
             bootloader.update(guest)
             consoles.fix(guest)
             network.preserve_interface_names(guest)

@@ -101,8 +101,10 @@ def rename_block_devices(guest: LinuxGuest) -> None:
     text_files = kernel_cmdline_files(guest) + existing(guest, DEVICE_FILES, DEVICE_GLOBS)
     envs = grubenv_files(guest)
     lvm = existing(guest, LVM_CONFIGS)
-    tables = existing(guest, ("/etc/fstab", "/etc/crypttab"))
-    texts = {path: read(guest, path) or "" for path in (*tables, *text_files, *envs, *lvm)}
+    fstab = existing(guest, ("/etc/fstab",))  # [] or [its real path]
+    crypttab = existing(guest, ("/etc/crypttab",))
+    every = (*fstab, *crypttab, *text_files, *envs, *lvm)
+    texts = {path: read(guest, path) or "" for path in every}
     used = set().union(*(devmap.device_names(t) for t in texts.values()))
     mapping = devmap.device_map(
         disks, guest.block_bus, ide=ide, removables=guest.vm.removables, used=used
@@ -113,15 +115,14 @@ def rename_block_devices(guest: LinuxGuest) -> None:
 
     targets = devmap.target_names(len(disks), guest.block_bus, ide)
     volumes = _volumes(guest, appliance, targets)
-    if "/etc/fstab" in texts:
-        _fstab(guest, texts["/etc/fstab"], mapping, volumes)
+    for path in fstab:
+        _fstab(guest, path, texts[path], mapping, volumes)
     if changes:
         rename = functools.partial(devmap.rename_devices, mapping=changes)
-        if "/etc/crypttab" in texts:
-            luks = {v.target: v.uuid for v in volumes if v.fstype == "crypto_LUKS"}
-            crypttab = texts["/etc/crypttab"]
-            new = devmap.rewrite_crypttab(crypttab, changes, luks)
-            _save(guest, "/etc/crypttab", crypttab, new, _what(crypttab, changes))
+        luks = {v.target: v.uuid for v in volumes if v.fstype == "crypto_LUKS"}
+        for path in crypttab:
+            new = devmap.rewrite_crypttab(texts[path], changes, luks)
+            _save(guest, path, texts[path], new, _what(texts[path], changes))
         for path in text_files:
             _save(guest, path, texts[path], rename(texts[path]), _what(texts[path], changes))
         for path in envs:
@@ -248,7 +249,9 @@ def _volumes(guest: LinuxGuest, appliance: list[str], targets: list[str]) -> lis
 # --- edits ---------------------------------------------------------------------------------
 
 
-def _fstab(guest: LinuxGuest, text: str, mapping: dict[str, str], volumes: list[_Volume]) -> None:
+def _fstab(
+    guest: LinuxGuest, path: str, text: str, mapping: dict[str, str], volumes: list[_Volume]
+) -> None:
     uuids = {v.target: v.uuid for v in volumes if v.fstype not in _FSTAB_TYPES_WITHOUT_UUID_SPEC}
     by_appliance = {v.appliance: v.uuid for v in volumes}
     mount_uuids = {
@@ -256,7 +259,7 @@ def _fstab(guest: LinuxGuest, text: str, mapping: dict[str, str], volumes: list[
     }
     new = devmap.rewrite_fstab(text, mapping, uuids, mount_uuids)
     names = ", ".join(sorted(devmap.device_names(text, comments=False))) or "bus paths"
-    _save(guest, "/etc/fstab", text, new, f"disks named by UUID= or their new names ({names})")
+    _save(guest, path, text, new, f"disks named by UUID= or their new names ({names})")
 
 
 def edit(

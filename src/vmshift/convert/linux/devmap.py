@@ -76,14 +76,6 @@ def _letters_index(disk: str, family: str) -> int:
     return index - 1
 
 
-def _alias(family: str, index: int) -> str:
-    if family == "nvme":
-        return f"nvme{index}n1"
-    if family == "cciss":
-        return f"cciss/c0d{index}"
-    return family + drive_name(index)
-
-
 def _position(disk: str) -> tuple[str, int] | None:
     """(family, index) of a used name that positional mapping understands."""
     family = _family(disk)
@@ -148,7 +140,7 @@ def device_map(
             mapping[name] = targets[index]
     # Xen presents every disk as xvdX as well (and PV guests use nothing else).
     for index, target in enumerate(targets):
-        mapping.setdefault(_alias("xvd", index), target)
+        mapping.setdefault("xvd" + drive_name(index), target)
     return mapping
 
 

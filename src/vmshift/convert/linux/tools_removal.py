@@ -421,8 +421,11 @@ def vmware_locations(text: str) -> tuple[list[str], list[str]]:
         if words and kind in ("file", "remove_file") and len(words) > 1 and words[-1].isdigit():
             words = words[:-1]
         path = " ".join(words)
-        # Only plain absolute paths: the database is guest data.
+        # Only plain absolute paths: the database is guest data. /boot (the installer's rebuilt
+        # initrds) belongs to the initramfs step.
         if not path.startswith("/") or posixpath.normpath(path) != path or path.count("/") < 2:
+            continue
+        if path.startswith("/boot/"):
             continue
         table = files if kind in ("file", "remove_file") else dirs
         if kind in ("file", "directory"):
