@@ -42,11 +42,13 @@ class LinuxConverter:
             # Device names first: the initramfs carries lvm.conf, resume= and LVM's devices
             # file, so it must be rebuilt after they name the new disks.
             devices.rename_block_devices(guest)
+            consoles.fix(guest)
+            # The initramfs copies .link files and udev rules: bind NIC names before it.
+            network.preserve_interface_names(guest)
             if virtio:
                 initramfs.rebuild(guest)
+            # Last of the boot chain: regenerating grub.cfg picks up every command-line edit.
             bootloader.update(guest)
-            consoles.fix(guest)
-            network.preserve_interface_names(guest)
             finish.run(guest)
         finally:
             g.sync()
