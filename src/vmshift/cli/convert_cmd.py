@@ -188,7 +188,9 @@ def run(args: argparse.Namespace) -> int:
     if args.memory or args.vcpus:
         source = _Overridden(source, memory_size(args.memory) if args.memory else None, args.vcpus)
     printer = ProgressPrinter(
-        quiet=args.quiet, machine_readable=args.machine_readable, console=Console(stderr=True)
+        quiet=args.quiet,
+        machine_readable=args.machine_readable,
+        console=Console(stderr=True, markup=False, emoji=False, highlight=False),
     )
     run_opts = RunOptions(
         out_format=args.output_format,

@@ -34,5 +34,7 @@ def run(args: argparse.Namespace) -> int:
         json.dump(report.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        print_report(Console(), report, show_apps=args.applications)
+        # Guest strings (product names, hostnames) must never be read as rich markup.
+        console = Console(markup=False, emoji=False, highlight=False)
+        print_report(console, report, show_apps=args.applications)
     return 0

@@ -144,7 +144,7 @@ def os_renderable(os: OperatingSystem, *, show_apps: bool) -> RenderableType:
 
 def print_report(console: Console, report: InspectionReport, *, show_apps: bool) -> None:
     disks = ", ".join(f"{d.path} ({d.format}, {human_size(d.virtual_size)})" for d in report.disks)
-    console.print(f"[bold]Disks:[/bold] {disks}", soft_wrap=True)
+    console.print(Text.assemble(("Disks: ", "bold"), disks), soft_wrap=True)
     for os in report.operating_systems:
         console.print(os_renderable(os, show_apps=show_apps))
 
@@ -168,7 +168,7 @@ class ProgressPrinter:
     def __enter__(self) -> ProgressPrinter:
         if not self.quiet and not self.machine_readable:
             self.progress = Progress(
-                TextColumn("{task.description}"),
+                TextColumn("{task.description}", markup=False),
                 TextColumn("{task.percentage:>3.0f}%"),
                 BarColumn(),
                 DownloadColumn(binary_units=True),
@@ -191,7 +191,7 @@ class ProgressPrinter:
             if self.machine_readable:
                 print(f"stage {ev.stage} {stamp:.1f} {ev.message}", flush=True)
             else:
-                self.console.print(f"[{stamp:6.1f}] {ev.message}")
+                self.console.print(f"[{stamp:6.1f}] {ev.message}", markup=False)
             return
         if self.machine_readable:
             percent = int(ev.done * 100 / ev.total) if ev.total else 100
