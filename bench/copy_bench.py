@@ -29,6 +29,7 @@ small difference.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import errno
 import json
@@ -39,6 +40,7 @@ import re
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,7 +55,7 @@ from vmshift.blockio.progress import discard
 from vmshift.errors import VmshiftError
 from vmshift.guest.accel import detect_accelerator
 from vmshift.model.vm import DiskEndpoint
-from vmshift.process import run
+from vmshift.process import CommandFailed, run
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -357,6 +359,50 @@ def _vmshift_flags_on_raw(image: TestImage, out: Path, fmt: str, scratch: Path) 
     run([*argv[: argv.index("-f")], "-f", "raw", *argv[argv.index("-f") + 2 :]])
 
 
+WRITEBACK_INTERVAL = 0.05  # seconds between two early-writeback kicks
+
+
+def _early_writeback(image: TestImage, out: Path, fmt: str, scratch: Path) -> None:
+    """vmshift's overlay and argv, kicking the kernel to write the output back as it grows.
+
+    qemu-img leaves all its writes dirty in the page cache, so the final flush starts only when
+    it exits; nbdcopy writes back as it goes (sync_file_range). posix_fadvise(DONTNEED) on the
+    output starts writeback of its dirty pages without waiting for it (and drops the clean
+    ones), so the flush overlaps the copy.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="vmshift-", dir=scratch))
+    try:
+        endpoint = DiskEndpoint(uri=str(image.path), format="raw", virtual_size=image.size)
+        overlay = create_overlay(endpoint, workdir, "sda")
+        argv = convert_argv(CopyJob(overlay, out, fmt, False, "bench"))
+        with tempfile.TemporaryFile(dir=workdir) as err:
+            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+            fd: int | None = None
+            try:
+                while True:
+                    try:
+                        proc.wait(timeout=WRITEBACK_INTERVAL)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+                    if fd is None:
+                        with contextlib.suppress(FileNotFoundError):
+                            fd = os.open(out, os.O_RDONLY)
+                    if fd is not None:
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                if fd is not None:
+                    os.close(fd)
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            if proc.returncode != 0:
+                err.seek(0)
+                raise CommandFailed(argv, proc.returncode, err.read().decode(errors="replace"))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 VARIANTS = [
     _on_overlay("overlay, qemu-img defaults", _copier(_without("-p", "-W", "-m"))),
     Tool("vmshift flags, no overlay", _vmshift_flags_on_raw, ("qemu-img",), variant=True),
@@ -365,6 +411,7 @@ VARIANTS = [
     _on_overlay("vmshift argv, -t none", _copier(_with("-t", "none"))),
     _on_overlay("vmshift argv, -t writeback", _copier(_with("-t", "writeback"))),
     _on_overlay("vmshift argv, -T none", _copier(_with("-T", "none"))),
+    Tool("vmshift argv + early writeback", _early_writeback, ("qemu-img",), variant=True),
     _on_overlay(
         "nbdcopy from overlay", _nbdcopy_overlay, precreate=True, programs=("nbdcopy", "qemu-nbd")
     ),

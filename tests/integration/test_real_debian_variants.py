@@ -1,5 +1,10 @@
-"""The real Debian 12 "VMware" variants: LVM root (BIOS) and GPT + UEFI. Each boots on VMware's
-pvscsi, does not boot on virtio-blk, and inspects as its builder recorded.
+"""The real Debian 12 "VMware" variants: LVM root (BIOS) and GPT + UEFI. Each boots on a VMware
+disk controller, does not boot on virtio-blk, and inspects as its builder recorded.
+
+The UEFI variant's VMX puts its disk on pvscsi, as VMware does, but it is booted here on SATA
+(AHCI, which its initramfs also carries): Debian 12's OVMF (edk2 2022.11) is built without the
+PVSCSI and LSI MPT drivers (upstream turned them off by default), so with the disk on pvscsi the
+firmware finds nothing to boot ("map: No mapping found", then the UEFI shell).
 
 Like test_real_debian.py these are the before-pictures for the conversion tests. Under TCG each
 boot takes one to three minutes; the first run also debootstraps each variant's tree (two to
@@ -105,13 +110,20 @@ def test_inspection_matches_manifest(variant: tuple[Variant, BuiltGuest]) -> Non
     assert sha256(disk) == before, "inspection wrote to the image"
 
 
-def test_boots_to_login_on_pvscsi(variant: tuple[Variant, BuiltGuest], tmp_path: Path) -> None:
+def _vmware_bus(spec: Variant) -> str:
+    """The VMware-like controller the source is booted on: see the module docstring."""
+    return "sata" if spec.firmware == "uefi" else "pvscsi"
+
+
+def test_boots_to_login_on_a_vmware_bus(
+    variant: tuple[Variant, BuiltGuest], tmp_path: Path
+) -> None:
     spec, guest = variant
     (disk,) = guest.disks
     before = sha256(disk)
     result = boot_to_login(
         disk,
-        disk_bus="pvscsi",
+        disk_bus=_vmware_bus(spec),
         nic_model="vmxnet3",
         mac=MAC,
         command=_PROBE,
@@ -119,7 +131,7 @@ def test_boots_to_login_on_pvscsi(variant: tuple[Variant, BuiltGuest], tmp_path:
         log_path=tmp_path / "serial.log",
         **_firmware_args(spec),
     )
-    print(f"\n{guest.name}: login on pvscsi after {result.seconds:.0f} s")
+    print(f"\n{guest.name}: login on {_vmware_bus(spec)} after {result.seconds:.0f} s")
     assert result.outcome is BootOutcome.LOGIN, result.tail()
     assert result.command_status == 0, result.command_error or result.tail()
     out = result.command_output or ""
