@@ -13,8 +13,9 @@ DEBS=(
     virt-v2v
     # libguestfs boots its appliance with the host's kernel.
     linux-image-amd64
-    # The test-guest factory: NTFS tools, an rpm database writer, cpio for initramfs images.
-    ntfs-3g rpm cpio zstd gdisk fdisk dosfstools lvm2 libhivex-bin file initramfs-tools-core
+    # The test-guest factory: NTFS tools, an rpm database writer, cpio for initramfs images,
+    # a static busybox that runs the stub tools inside the phony Linux guests.
+    ntfs-3g rpm cpio zstd gdisk fdisk dosfstools lvm2 libhivex-bin file initramfs-tools-core busybox-static
 )
 
 missing=()

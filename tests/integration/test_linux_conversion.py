@@ -65,3 +65,35 @@ def test_real_debian_boots_on_virtio_with_its_static_address(
     assert STATIC_ADDRESS in iface
     assert "TOOLS-PRESENT" not in output
     assert {p: sha256(p) for p in sources} == before
+
+
+@pytest.mark.parametrize("variant", ["lvm", "uefi"])
+def test_real_debian_variants_boot_after_conversion(variant: str, tmp_path: Path) -> None:
+    from tests.guests import debian_real
+
+    build = {
+        "lvm": debian_real.build_real_debian_lvm,
+        "uefi": debian_real.build_real_debian_uefi,
+    }[variant]
+    guest = build()
+    vmx = guest.extra["vmx"]
+    before = sha256(guest.disks[0])
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    verdict, _report = _convert(vmx, outdir)
+    assert "configured with virtio drivers" in verdict, verdict
+    xml_path = next(outdir.glob("*.xml"))
+    xml = xml_path.read_text().replace('"', "'")
+    assert "bus='virtio'" in xml
+    uefi = variant == "uefi"
+    assert ("<os firmware='efi'>" in xml) == uefi
+    disk = next(p for p in outdir.iterdir() if p.suffix != ".xml")
+    result = boot_to_login(
+        disk,
+        disk_bus="virtio-blk",
+        nic_model="virtio-net-pci",
+        firmware="uefi" if uefi else "bios",
+        timeout=900,
+    )
+    assert result.reached_login, result.tail()
+    assert sha256(guest.disks[0]) == before
