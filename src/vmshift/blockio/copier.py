@@ -95,6 +95,13 @@ class _Copy:
         if rc != 0:
             last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {rc}"
             raise CopyError(f"{self.job.label}: copying to {self.job.output} failed: {last}")
+        # qemu-img exits with data still in the page cache: make it durable before the target
+        # renames the file into place as complete.
+        fd_out = os.open(self.job.output, os.O_RDONLY)
+        try:
+            os.fsync(fd_out)
+        finally:
+            os.close(fd_out)
         self._emit(1.0, finished=True)
 
     def kill(self) -> None:
