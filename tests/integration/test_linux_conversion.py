@@ -45,8 +45,15 @@ def test_real_debian_boots_on_virtio_with_its_static_address(
     assert "<mac address='00:50:56:1a:2b:3c'/>" in xml
     assert "<model type='virtio'/>" in xml
 
-    steps = {c["step"] for c in report["changes"]}  # type: ignore[attr-defined]
-    assert {"tools_removal", "initramfs", "devices", "network"} <= steps
+    changes = report["changes"]
+    assert isinstance(changes, list)
+    steps = {c["step"] for c in changes}
+    assert {"tools_removal", "initramfs", "devices", "network", "bootloader"} <= steps
+    paths = {c["path"] for c in changes}
+    # MODULES=list: the virtio drivers must be named in the modules file, and the old image kept.
+    assert "/etc/initramfs-tools/modules" in paths
+    assert any(str(p).endswith(".vmshift-orig") for p in paths if p)
+    assert "/etc/fstab" in paths
     assert report["devices"]["virtio"] is True  # type: ignore[index]
 
     result = boot_to_login(
