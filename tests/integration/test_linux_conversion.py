@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -29,15 +30,43 @@ def _convert(vmx: Path, outdir: Path, *extra: str) -> tuple[str, dict[str, objec
     return proc.stdout.strip().splitlines()[-1], doc
 
 
+# verdict, --report document, output directory, source hashes taken before converting
+Converted = tuple[str, dict[str, object], Path, dict[Path, str]]
+
+
+@pytest.fixture(scope="module")
+def conversions(
+    real_debian: BuiltGuest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Future[Converted]]:
+    """Convert the three real guests two at a time: each conversion spends minutes in a
+    single-threaded TCG appliance (update-initramfs), so two keep both cores busy."""
+    from tests.guests import debian_real
+
+    guests = {
+        "base": real_debian,
+        "lvm": debian_real.build_real_debian_lvm(),
+        "uefi": debian_real.build_real_debian_uefi(),
+    }
+    pool = ThreadPoolExecutor(max_workers=2)
+
+    def run(name: str) -> Converted:
+        guest = guests[name]
+        sources = [guest.extra["vmx"], *guest.disks]
+        before = {p: sha256(p) for p in sources}
+        outdir = tmp_path_factory.mktemp(f"conv-{name}") / "out"
+        outdir.mkdir()
+        verdict, report = _convert(guest.extra["vmx"], outdir)
+        return verdict, report, outdir, before
+
+    futures = {name: pool.submit(run, name) for name in guests}
+    pool.shutdown(wait=False)
+    return futures
+
+
 def test_real_debian_boots_on_virtio_with_its_static_address(
-    real_debian: BuiltGuest, tmp_path: Path
+    real_debian: BuiltGuest, conversions: dict[str, Future[Converted]]
 ) -> None:
-    vmx = real_debian.extra["vmx"]
-    sources = [vmx, *real_debian.disks]
-    before = {p: sha256(p) for p in sources}
-    outdir = tmp_path / "out"
-    outdir.mkdir()
-    verdict, report = _convert(vmx, outdir)
+    verdict, report, outdir, before = conversions["base"].result()
     assert verdict.startswith("vmshift: debian12-vmware configured with virtio drivers")
 
     xml = (outdir / "debian12-vmware.xml").read_text().replace('"', "'")
@@ -71,23 +100,14 @@ def test_real_debian_boots_on_virtio_with_its_static_address(
     assert "UP" in iface
     assert STATIC_ADDRESS in iface
     assert "TOOLS-PRESENT" not in output
-    assert {p: sha256(p) for p in sources} == before
+    assert {p: sha256(p) for p in before} == before
 
 
 @pytest.mark.parametrize("variant", ["lvm", "uefi"])
-def test_real_debian_variants_boot_after_conversion(variant: str, tmp_path: Path) -> None:
-    from tests.guests import debian_real
-
-    build = {
-        "lvm": debian_real.build_real_debian_lvm,
-        "uefi": debian_real.build_real_debian_uefi,
-    }[variant]
-    guest = build()
-    vmx = guest.extra["vmx"]
-    before = sha256(guest.disks[0])
-    outdir = tmp_path / "out"
-    outdir.mkdir()
-    verdict, _report = _convert(vmx, outdir)
+def test_real_debian_variants_boot_after_conversion(
+    variant: str, conversions: dict[str, Future[Converted]]
+) -> None:
+    verdict, _report, outdir, before = conversions[variant].result()
     assert "configured with virtio drivers" in verdict, verdict
     xml_path = next(outdir.glob("*.xml"))
     xml = xml_path.read_text().replace('"', "'")
@@ -103,4 +123,4 @@ def test_real_debian_variants_boot_after_conversion(variant: str, tmp_path: Path
         timeout=900,
     )
     assert result.reached_login, result.tail()
-    assert sha256(guest.disks[0]) == before
+    assert {p: sha256(p) for p in before} == before
