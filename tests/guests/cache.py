@@ -38,6 +38,9 @@ def cached_dir(name: str, version: str, build: Callable[[Path], None]) -> Path:
     try:
         build(tmp)
         (tmp / ".complete").touch()
+        if (final / ".complete").exists():
+            # Another process built it meanwhile and may be using it: keep theirs.
+            return final
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
     finally:
