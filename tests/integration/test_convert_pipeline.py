@@ -77,7 +77,8 @@ def test_disk_to_local_qcow2_with_virtio(
         "-of", "qcow2", "--workdir", workdir,
     ])  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().splitlines()[-1] == "vmshift: ubuntu configured with virtio drivers."
+    verdict = proc.stdout.strip().splitlines()[-1]
+    assert verdict.startswith("vmshift: ubuntu configured with virtio drivers"), verdict
     # The progress bar (drawn on stderr) ends at 100% with the disk's name and size.
     bar = next(line for line in proc.stderr.splitlines() if line.startswith("ubuntu-sda "))
     assert "100%" in bar
@@ -87,9 +88,9 @@ def test_disk_to_local_qcow2_with_virtio(
     xml = (outdir / "ubuntu.xml").read_text()
     assert "<target dev='vda' bus='virtio'/>" in xml.replace('"', "'")
     subprocess.run(["virt-xml-validate", str(outdir / "ubuntu.xml"), "domain"], check=True)
-    # The copy is the guest: the same bytes as the source, but for the few that mounting the
-    # filesystems read-write for conversion changes (superblock mount counts and times).
-    assert _differing_bytes(guest.disks[0], disk, outdir) < 64 * 1024
+    # The copy is the guest: the same bytes as the source but for what conversion rewrote (a
+    # few configuration files, filesystem metadata) - far less than the guest's data.
+    assert 0 < _differing_bytes(guest.disks[0], disk, outdir) < 4 << 20
     assert sha256(guest.disks[0]) == before
     assert list(workdir.iterdir()) == []
 
