@@ -19,6 +19,8 @@ from vmshift.model.inspection import (
 )
 from vmshift.model.vm import SourceVM
 
+from .fake_guestfs import FakeG
+
 MOD, BUILTIN, ABSENT = DriverPresence.MODULE, DriverPresence.BUILTIN, DriverPresence.ABSENT
 
 
@@ -111,29 +113,6 @@ def test_best_kernel_breaks_ties_with_the_current_default() -> None:
     for default in (a, b):
         name = default.path.rsplit("/", 1)[-1]
         assert kernel.best_kernel([a, b], block_bus="virtio-blk", default_name=name) == default
-
-
-class FakeG:
-    """Just enough of a libguestfs handle for guest.read and the bootloader's lookups."""
-
-    def __init__(self, files: dict[str, str], links: dict[str, str] | None = None) -> None:
-        self.files = files
-        self.links = links or {}
-
-    def is_file(self, path: str, followsymlinks: bool = False) -> bool:
-        return path in self.files
-
-    def read_file(self, path: str) -> bytes:
-        return self.files[path].encode()
-
-    def is_symlink(self, path: str) -> bool:
-        return path in self.links
-
-    def readlink(self, path: str) -> str:
-        return self.links[path]
-
-    def glob_expand(self, pattern: str) -> list[str]:
-        return []
 
 
 def fake_guest(g: Any, kernels: tuple[LinuxKernel, ...], loader: Bootloader) -> LinuxGuest:

@@ -6,7 +6,6 @@ FakeG, an in-memory stand-in for the few libguestfs calls they make.
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import replace
 from typing import Any
 
@@ -28,6 +27,8 @@ from vmshift.model.inspection import (
     OperatingSystem,
 )
 from vmshift.model.vm import Firmware, Nic, SourceVM
+
+from .fake_guestfs import FakeG
 
 MAC1 = "00:50:56:aa:bb:01"
 MAC2 = "00:50:56:aa:bb:02"
@@ -279,63 +280,6 @@ def test_rewrite_aliases() -> None:
 
 
 # --- network.py and tools_removal.py against an in-memory guest ----------------------------
-
-
-class FakeG:
-    """The libguestfs calls the two steps make, over a dict of files (no symlinks)."""
-
-    def __init__(self, files: dict[str, str]) -> None:
-        self.files = {p: t.encode() for p, t in files.items()}
-        self.dirs = {posixpath.dirname(p) for p in files}
-        self.commands: list[list[str]] = []
-
-    def _dirs_of(self, path: str) -> None:
-        while path not in ("/", ""):
-            self.dirs.add(path)
-            path = posixpath.dirname(path)
-
-    def is_file(self, path: str, followsymlinks: bool = False) -> bool:
-        return path in self.files
-
-    def is_dir(self, path: str, followsymlinks: bool = False) -> bool:
-        return path in self.dirs
-
-    def is_symlink(self, path: str) -> bool:
-        return False
-
-    def exists(self, path: str) -> bool:
-        return path in self.files or path in self.dirs
-
-    def read_file(self, path: str) -> bytes:
-        return self.files[path]
-
-    def write(self, path: str, data: bytes) -> None:
-        self._dirs_of(posixpath.dirname(path))
-        self.files[path] = data
-
-    def cp_a(self, src: str, dst: str) -> None:
-        self.write(dst, self.files[src])
-
-    def rm_f(self, path: str) -> None:
-        self.files.pop(path, None)
-
-    def mkdir_p(self, path: str) -> None:
-        self._dirs_of(path)
-
-    def ls(self, path: str) -> list[str]:
-        return sorted(p.rsplit("/", 1)[1] for p in self.files if posixpath.dirname(p) == path)
-
-    def glob_expand(self, pattern: str) -> list[str]:
-        import fnmatch
-
-        return [p for p in [*self.files, *self.dirs] if fnmatch.fnmatchcase(p, pattern)]
-
-    def command(self, argv: list[str]) -> str:
-        self.commands.append(argv)
-        raise RuntimeError("phony guest: no binaries")
-
-    def text(self, path: str) -> str:
-        return self.files[path].decode()
 
 
 def _os(configs: tuple[NetworkConfig, ...], **kw: Any) -> OperatingSystem:
