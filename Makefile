@@ -3,6 +3,9 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
+# Appliance tests spend their time in one single-threaded TCG qemu each: one worker per core.
+# Whole files go to one worker so their module fixtures (converted guests) are made once.
+WORKERS ?= $(shell n=$$(nproc); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: setup test test-fast lint demo clean
 
@@ -17,7 +20,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: lint
-	$(VENV)/bin/pytest tests $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests -n $(WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 # Developer loop: unit tests only (no appliance, no VM boots).
 test-fast: setup

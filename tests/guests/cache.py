@@ -6,6 +6,7 @@ cached image is rebuilt. The cache lives outside the checkout so CI's fresh clon
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from collections.abc import Callable
@@ -28,8 +29,17 @@ def cached_dir(name: str, version: str, build: Callable[[Path], None]) -> Path:
 
     build() fills a fresh temporary directory; it is renamed into place only once complete, so
     an interrupted build never leaves a half-made guest that a later run would trust.
+    Parallel test workers take a lock per guest, so one builds while the others wait for it.
     """
     final = cache_root() / f"{name}-{version}"
+    if (final / ".complete").exists():
+        return final
+    with (cache_root() / f".{name}-{version}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(final, name, version, build)
+
+
+def _build_locked(final: Path, name: str, version: str, build: Callable[[Path], None]) -> Path:
     if (final / ".complete").exists():
         return final
     tmp = cache_root() / f".{name}-{version}.tmp-{os.getpid()}"
