@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -21,11 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.guests.boot import boot_to_login
+from tests.guests.boot import boot_to_login, devices_from_xml
 from tests.guests.debian_real import build_real_debian
-
-BUSES = {"virtio": "virtio-blk", "sata": "sata", "ide": "ide", "scsi": "virtio-scsi"}
-NICS = {"virtio": "virtio-net-pci", "e1000": "e1000", "rtl8139": "rtl8139"}
 
 
 @dataclass
@@ -41,12 +37,11 @@ class Outcome:
 def _boot(outdir: Path) -> tuple[str, str, str]:
     xml = next(outdir.glob("*.xml")).read_text()
     disks = [p for p in outdir.iterdir() if p.suffix not in (".xml", ".sh")]
-    bus = re.search(r"<target dev=['\"]\w+['\"] bus=['\"](\w+)['\"]", xml)
-    nic = re.search(r"<model type=['\"]([\w-]+)['\"]", xml)
-    disk_bus = BUSES.get(bus.group(1) if bus else "", "sata")
-    nic_model = NICS.get(nic.group(1) if nic else "", "e1000")
-    result = boot_to_login(sorted(disks)[0], disk_bus=disk_bus, nic_model=nic_model)
-    return str(result.outcome), disk_bus, nic_model
+    dev = devices_from_xml(xml)
+    result = boot_to_login(
+        sorted(disks)[0], disk_bus=dev.disk_bus, nic_model=dev.nic_model, mac=dev.mac
+    )
+    return str(result.outcome), dev.disk_bus, dev.nic_model or "no NIC"
 
 
 def run_tool(tool: str, argv: list[str], outdir: Path, boot: bool) -> Outcome:

@@ -57,3 +57,19 @@ def real_debian() -> BuiltGuest:
     from tests.guests.debian_real import build_real_debian
 
     return build_real_debian()
+
+
+@pytest.fixture
+def outdir(tmp_path: Path) -> Path:
+    """An empty output directory (-os) for one test."""
+    path = tmp_path / "out"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """An empty work directory (--workdir) for one test."""
+    path = tmp_path / "work"
+    path.mkdir()
+    return path

@@ -37,6 +37,42 @@ _LOGIN = re.compile(rb"login: ?$", re.MULTILINE)
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]")
 
 
+# libvirt disk buses and NIC models -> the qemu devices boot_to_login takes.
+_XML_BUSES = {"virtio": "virtio-blk", "scsi": "virtio-scsi", "sata": "sata", "ide": "ide"}
+_XML_NICS = {"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e", "rtl8139": "rtl8139"}
+
+
+@dataclass(frozen=True)
+class XmlDevices:
+    """What a converted guest's domain XML asks for: how to boot it the same way."""
+
+    disk_bus: str  # one of DISK_BUSES
+    nic_model: str | None  # a qemu NIC device, None without a NIC
+    mac: str | None
+    firmware: str  # bios or uefi
+
+
+def devices_from_xml(xml: str) -> XmlDevices:
+    """Read the first disk's bus, the first NIC and the firmware from a libvirt domain XML."""
+    from lxml import etree
+
+    root = etree.fromstring(xml.encode())
+    target = root.find("devices/disk[@device='disk']/target")
+    bus = target.get("bus") if target is not None else None
+    model = root.find("devices/interface/model")
+    mac = root.find("devices/interface/mac")
+    os_node = root.find("os")
+    uefi = os_node is not None and (
+        os_node.get("firmware") == "efi" or os_node.find("loader") is not None
+    )
+    return XmlDevices(
+        disk_bus=_XML_BUSES.get(bus or "", "sata"),
+        nic_model=None if model is None else _XML_NICS.get(model.get("type", ""), "e1000"),
+        mac=None if mac is None else mac.get("address"),
+        firmware="uefi" if uefi else "bios",
+    )
+
+
 class BootOutcome(StrEnum):
     LOGIN = "login"  # the serial getty printed its prompt
     NO_ROOT = "no-root"  # the initramfs could not find the root device and dropped to a shell

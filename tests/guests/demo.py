@@ -7,21 +7,18 @@ result under qemu on the devices the output XML names, waiting for the login pro
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.guests.boot import boot_to_login
+from tests.guests.boot import boot_to_login, devices_from_xml
 from tests.guests.debian_real import build_real_debian
 
 OUT = Path("demo-out")
 
 # libvirt XML bus -> the boot helper's bus names.
-BUSES = {"virtio": "virtio-blk", "sata": "sata", "ide": "ide", "scsi": "virtio-scsi"}
-NICS = {"virtio": "virtio-net-pci", "e1000": "e1000", "rtl8139": "rtl8139"}
 
 
 def say(text: str) -> None:
@@ -54,15 +51,9 @@ def main() -> int:
 
     xml = next(OUT.glob("*.xml")).read_text()
     disk = next(p for p in OUT.iterdir() if p.suffix != ".xml")
-    bus = re.search(r"<target dev=['\"]\w+['\"] bus=['\"](\w+)['\"]", xml)
-    nic = re.search(r"<model type=['\"]([\w-]+)['\"]", xml)
-    mac = re.search(r"<mac address=['\"]([0-9a-f:]+)['\"]", xml)
-    disk_bus = BUSES[bus.group(1) if bus else "sata"]
-    nic_model = NICS.get(nic.group(1) if nic else "virtio", "e1000")
-    say(f"booting {disk} on {disk_bus} with a {nic_model} NIC (TCG: a minute or two)")
-    result = boot_to_login(
-        disk, disk_bus=disk_bus, nic_model=nic_model, mac=mac.group(1) if mac else None
-    )
+    dev = devices_from_xml(xml)
+    say(f"booting {disk} on {dev.disk_bus} with a {dev.nic_model} NIC (TCG: a minute or two)")
+    result = boot_to_login(disk, disk_bus=dev.disk_bus, nic_model=dev.nic_model, mac=dev.mac)
     if not result.reached_login:
         say(f"the converted guest did not boot: {result.outcome}\n{result.tail()}")
         return 1

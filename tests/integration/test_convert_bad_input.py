@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import sha256, vmshift
+from tests.vmx_samples import two_nic_vmx
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
 
@@ -84,33 +85,6 @@ def refused(
 # ---- sources, good and bad -----------------------------------------------------------------
 
 
-VMX_TEMPLATE = """\
-.encoding = "UTF-8"
-config.version = "8"
-virtualHW.version = "19"
-displayName = "bad-input"
-guestOS = "rhel9-64"
-memSize = "1024"
-numvcpus = "2"
-cpuid.coresPerSocket = "2"
-scsi0.present = "TRUE"
-scsi0.virtualDev = "pvscsi"
-scsi0:0.present = "TRUE"
-scsi0:0.deviceType = "scsi-hardDisk"
-scsi0:0.fileName = "{disk}"
-ethernet0.present = "TRUE"
-ethernet0.virtualDev = "vmxnet3"
-ethernet0.networkName = "VM Network"
-ethernet0.addressType = "static"
-ethernet0.address = "00:50:56:AB:CD:EF"
-ethernet1.present = "TRUE"
-ethernet1.virtualDev = "e1000"
-ethernet1.networkName = "Backup Network"
-ethernet1.addressType = "generated"
-ethernet1.generatedAddress = "00:0c:29:12:34:56"
-"""
-
-
 @dataclass(frozen=True)
 class Vm:
     vmx: Path
@@ -122,15 +96,8 @@ def make_vm(folder: Path, disk: str = "guest.vmdk", subformat: str = "monolithic
     folder.mkdir(parents=True, exist_ok=True)
     _qemu_img("create", "-f", "vmdk", "-o", f"subformat={subformat}", folder / disk, "16M")
     vmx = folder / "guest.vmx"
-    vmx.write_text(VMX_TEMPLATE.format(disk=disk))
+    vmx.write_text(two_nic_vmx("bad-input", disk))
     return Vm(vmx, tuple(sorted(p for p in folder.iterdir() if p.is_file())))
-
-
-@pytest.fixture
-def outdir(tmp_path: Path) -> Path:
-    path = tmp_path / "out"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
@@ -149,7 +116,7 @@ def test_vmx_naming_a_missing_vmdk(tmp_path: Path, outdir: Path) -> None:
     folder = tmp_path / "vm"
     folder.mkdir()
     vmx = folder / "guest.vmx"
-    vmx.write_text(VMX_TEMPLATE.format(disk="gone.vmdk"))
+    vmx.write_text(two_nic_vmx("bad-input", "gone.vmdk"))
     error = refused(
         ["-i", "vmx", vmx, "-o", "local", "-os", outdir],
         sources=[vmx],

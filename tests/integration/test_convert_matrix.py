@@ -35,6 +35,7 @@ from lxml import etree
 from tests.conftest import sha256
 from tests.guests.manifest import BuiltGuest
 from tests.integration.libvirt_fixture import PrivateLibvirtd, private_libvirtd
+from tests.vmx_samples import two_nic_vmx
 
 pytestmark = pytest.mark.slow
 
@@ -44,31 +45,7 @@ NETWORK_OPTIONS = ("--network", "VM Network:default", "--bridge", "Backup Networ
 
 # ---- the sources: one phony guest, three ways ----------------------------------------------
 
-VMX = """\
-.encoding = "UTF-8"
-config.version = "8"
-virtualHW.version = "19"
-displayName = "mx-vmx"
-guestOS = "rhel9-64"
-memSize = "1024"
-numvcpus = "2"
-cpuid.coresPerSocket = "2"
-scsi0.present = "TRUE"
-scsi0.virtualDev = "pvscsi"
-scsi0:0.present = "TRUE"
-scsi0:0.deviceType = "scsi-hardDisk"
-scsi0:0.fileName = "mx-vmx.vmdk"
-ethernet0.present = "TRUE"
-ethernet0.virtualDev = "vmxnet3"
-ethernet0.networkName = "VM Network"
-ethernet0.addressType = "static"
-ethernet0.address = "00:50:56:AB:CD:EF"
-ethernet1.present = "TRUE"
-ethernet1.virtualDev = "e1000"
-ethernet1.networkName = "Backup Network"
-ethernet1.addressType = "generated"
-ethernet1.generatedAddress = "00:0c:29:12:34:56"
-"""
+VMX = two_nic_vmx("mx-vmx", "mx-vmx.vmdk")
 
 OVF = """<?xml version="1.0" encoding="UTF-8"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"

@@ -53,20 +53,6 @@ def _differing_bytes(a: Path, b: Path, scratch: Path) -> int:
     return differing
 
 
-@pytest.fixture
-def outdir(tmp_path: Path) -> Path:
-    path = tmp_path / "out"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
-
-
 def test_disk_to_local_qcow2_with_virtio(
     linux_guests: dict[str, BuiltGuest], outdir: Path, workdir: Path
 ) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.guests.manifest import BuiltGuest
 from vmshift.blockio.imageinfo import ImageInfo, probe_image
-from vmshift.convert.linux import network, tools_removal
+from vmshift.convert.linux import context, network, tools_removal
 from vmshift.convert.linux.context import LinuxGuest, family_of
 from vmshift.guest.inspect import inspect_session, mount_os
 from vmshift.guest.session import open_session
@@ -126,7 +126,7 @@ def phony(
                 "/etc/systemd/network/10-vmshift-ens192.link",
                 RHEL_REPO,
                 "/etc/modprobe.d/xenpv.conf",
-                tools_removal.BACKUP_ROOT + "/etc/modprobe.d/xenpv.conf",
+                context.BACKUP_ROOT + "/etc/modprobe.d/xenpv.conf",
                 RHEL_IFCFG,
                 RPM_STUB_DB,
             ],
@@ -162,7 +162,7 @@ def test_phony_rhel(phony: dict[str, Result]) -> None:
     assert files["/etc/modprobe.d/xenpv.conf"] == (
         "alias eth0 virtio_net\nalias scsi_hostadapter virtio_blk\n"
     )
-    assert files[tools_removal.BACKUP_ROOT + "/etc/modprobe.d/xenpv.conf"] == (
+    assert files[context.BACKUP_ROOT + "/etc/modprobe.d/xenpv.conf"] == (
         "alias eth0 xennet\nalias scsi_hostadapter xenblk\n"
     )
     assert (files[RHEL_IFCFG] or "").startswith("TYPE=Ethernet")  # untouched

@@ -61,4 +61,3 @@ def test_real_probe_rejects_kvm_on_a_machine_without_it(monkeypatch: pytest.Monk
         pytest.skip("this machine may really have KVM")
     # Run qemu's probe anyway: on a CPU without vmx/svm it must fail (abort, error or hang).
     assert accel._probe_qemu_kvm() is not None
-

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from vmshift.convert.linux import netnames, network, tools_removal
+from vmshift.convert.linux import context, netnames, network, tools_removal
 from vmshift.convert.linux.context import LinuxGuest
 from vmshift.convert.linux.netnames import Binding
 from vmshift.errors import ConversionError
@@ -346,7 +346,7 @@ def test_network_without_macs_renames_configs() -> None:
     assert IFCFG not in g.files
     assert g.text(new).startswith("DEVICE=enp1s0\n# HWADDR removed")
     # The backup sits outside network-scripts, where initscripts would read it as a config.
-    assert g.text(tools_removal.BACKUP_ROOT + IFCFG).startswith("DEVICE=eth0\n")
+    assert g.text(context.BACKUP_ROOT + IFCFG).startswith("DEVICE=eth0\n")
     assert not [p for p in g.files if p.startswith("/etc/sysconfig/network-scripts/ifcfg-eth0")]
     assert any("predicted name enp1s0" in w for w in guest.warnings)
     assert any("ens192 is not bound" in w for w in guest.warnings)
@@ -380,7 +380,7 @@ def test_tools_removal_file_edits_on_a_guest_without_rpm() -> None:
         g.text("/etc/modprobe.conf") == "alias eth0 virtio_net\nalias scsi_hostadapter virtio_blk\n"
     )
     assert g.text("/etc/modprobe.d/xen.conf").startswith("# disabled by vmshift")
-    assert tools_removal.BACKUP_ROOT + "/etc/modprobe.d/xen.conf" in g.files
+    assert context.BACKUP_ROOT + "/etc/modprobe.d/xen.conf" in g.files
     assert "/etc/modprobe.conf.vmshift-orig" in g.files
     assert "# disabled by vmshift" in g.text("/etc/fstab")
     assert guest.warnings == ["the guest has no rpm: open-vm-tools left installed"]

@@ -152,7 +152,6 @@ def _systemd_gettys(guest: LinuxGuest) -> None:
 
 
 def _x_drivers(guest: LinuxGuest) -> None:
-    g = guest.g
     foreign = FOREIGN_X_DRIVERS
     if guest.vm.origin == "xen":
         foreign = foreign | {"fbdev"}  # xen-fbfront's framebuffer is gone on KVM
@@ -165,9 +164,8 @@ def _x_drivers(guest: LinuxGuest) -> None:
     for path in devices.existing(guest, (), X_SNIPPETS):
         text = devices.read(guest, path) or ""
         if only_foreign_devices(text, foreign):
-            backup = f"{path}.vmshift-orig"  # X reads only *.conf: the backup is inert
-            g.mv(path, backup)
-            guest.note(STEP, f"X snippet forcing a foreign driver moved to {backup}", path)
+            # X reads only *.conf: the backup is inert.
+            guest.set_aside(path, STEP, "X snippet forcing a foreign driver")
         else:
             devices.edit(
                 guest, path, lambda t: x_devices(t, foreign, driver), STEP, f"X display: {what}"

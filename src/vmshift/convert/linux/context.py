@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import posixpath
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,26 @@ RHEL_FAMILY = {
     "redhat-based", "circle", "openeuler", "amazonlinux",
 }  # fmt: skip
 SUSE_FAMILY = {"sles", "suse-based", "opensuse", "sled"}
+
+BACKUP_SUFFIX = ".vmshift-orig"
+# Directories whose every file a tool reads (ifupdown's `source dir/*`, initscripts,
+# NetworkManager, module-init-tools): a backup beside the file would be read as one more
+# configuration, so backups of their files are kept under BACKUP_ROOT instead.
+BACKUP_ROOT = "/var/lib/vmshift/orig"
+READ_WHOLE = (
+    "/etc/sysconfig/network-scripts",
+    "/etc/sysconfig/network",
+    "/etc/NetworkManager/system-connections",
+    "/etc/network/interfaces.d",
+    "/etc/modprobe.d",
+)
+
+
+def backup_of(path: str) -> str:
+    """Where the original of a guest file is kept: beside it unless its directory is read whole."""
+    if posixpath.dirname(path) in READ_WHOLE:
+        return BACKUP_ROOT + path
+    return path + BACKUP_SUFFIX
 
 
 def family_of(os: OperatingSystem) -> str:
@@ -85,11 +106,28 @@ class LinuxGuest:
             return None
         return b"".join(chunks).decode("utf-8", errors="surrogateescape")
 
-    def write(self, path: str, text: str, step: str, what: str) -> None:
-        """Replace a guest file's content, keeping a .vmshift-orig copy of the first version."""
-        backup = f"{path}.vmshift-orig"
+    def keep_original(self, path: str) -> str:
+        """Copy a guest file to its backup place unless a backup is there already."""
+        backup = backup_of(path)
         if self.g.is_file(path, followsymlinks=True) and not self.g.exists(backup):
-            # Plain cp: cp -a fails on vfat (the ESP), which cannot hold owners and modes.
+            self.g.mkdir_p(posixpath.dirname(backup))
+            # Plain cp: cp -a fails on vfat (the ESP), which cannot hold owners and modes;
+            # cp still keeps the mode bits, so a 0600 keyfile's backup stays 0600.
             self.g.cp(path, backup)
-        self.g.write(path, text.encode("utf-8", errors="surrogateescape"))
+        return backup
+
+    def write(self, path: str, text: str, step: str, what: str) -> None:
+        """Replace a guest file's content, keeping a copy of its first version (backup_of)."""
+        try:
+            self.keep_original(path)
+            self.g.write(path, text.encode("utf-8", errors="surrogateescape"))
+        except RuntimeError as exc:
+            raise ConversionError(f"cannot rewrite {path} in the guest: {exc}") from exc
         self.note(step, what, path)
+
+    def set_aside(self, path: str, step: str, why: str) -> None:
+        """Move a file that must stop taking effect to its backup place (inert there)."""
+        backup = backup_of(path)
+        self.g.mkdir_p(posixpath.dirname(backup))
+        self.g.mv(path, backup)
+        self.note(step, f"{why}: moved to {backup}", path)

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 from vmshift.convert.linux import devmap
 from vmshift.convert.linux.context import LinuxGuest
-from vmshift.errors import ConversionError
 from vmshift.model.vm import DiskEndpoint, SourceDisk
 
 log = logging.getLogger(__name__)
@@ -134,18 +133,12 @@ def rename_block_devices(guest: LinuxGuest) -> None:
             _save(guest, path, texts[path], new, "filters: patterns for the new disk names added")
     remove_caches(guest, STEP)
     if existing(guest, (LVM_DEVICES_FILE,)):
-        backup = f"{LVM_DEVICES_FILE}.vmshift-orig"
-        g.mv(LVM_DEVICES_FILE, backup)
-        guest.note(
-            STEP,
-            f"LVM devices file moved to {backup}: it lists the PVs by the old disks' IDs",
-            LVM_DEVICES_FILE,
-        )
+        guest.set_aside(LVM_DEVICES_FILE, STEP, "LVM devices file lists the PVs by old disk IDs")
 
 
 def _save(guest: LinuxGuest, path: str, old: str, new: str, what: str) -> None:
     if new != old:
-        write(guest, path, new, STEP, what)
+        guest.write(path, new, STEP, what)
 
 
 # --- what the guest has --------------------------------------------------------------------
@@ -272,7 +265,7 @@ def edit(
     new = transform(text)
     if new == text:
         return False
-    write(guest, path, new, step, what)
+    guest.write(path, new, step, what)
     return True
 
 
@@ -295,20 +288,8 @@ def edit_grubenv(
         return False
     if new == block:
         return False
-    write(guest, path, new, step, what)
+    guest.write(path, new, step, what)
     return True
-
-
-def write(guest: LinuxGuest, path: str, text: str, step: str, what: str) -> None:
-    """guest.write, with a backup the ESP can hold: vfat cannot keep cp -a's ownership."""
-    g = guest.g
-    try:
-        backup = f"{path}.vmshift-orig"
-        if path.startswith("/boot/efi/") and not g.exists(backup):
-            g.cp(path, backup)
-        guest.write(path, text, step, what)
-    except RuntimeError as exc:
-        raise ConversionError(f"cannot rewrite {path} in the guest: {exc}") from exc
 
 
 def remove_caches(guest: LinuxGuest, step: str) -> None:

@@ -59,9 +59,8 @@ def _selinux(guest: LinuxGuest) -> None:
 def _udev_rules(guest: LinuxGuest) -> None:
     g = guest.g
     if g.is_file(CD_RULES):
-        backup = f"{CD_RULES}.vmshift-orig"  # udev reads only *.rules: the backup is inert
-        g.mv(CD_RULES, backup)
-        guest.note(STEP, f"CD-ROM names pinned to the old controller: moved to {backup}", CD_RULES)
+        # udev reads only *.rules: the backup is inert.
+        guest.set_aside(CD_RULES, STEP, "CD-ROM names pinned to the old controller")
     for path in devices.existing(guest, (), (UDEV_RULES,)):
         if path == NET_RULES:
             continue

@@ -23,22 +23,11 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
-from vmshift.convert.linux.context import LinuxGuest
+from vmshift.convert.linux.context import BACKUP_SUFFIX, LinuxGuest
 from vmshift.errors import ConversionError
 from vmshift.model.inspection import ForeignKind
 
 STEP = "tools_removal"
-# Backups of files in directories whose every file a tool reads (ifupdown's `source dir/*`,
-# initscripts, NetworkManager, old module-init-tools): a copy beside the file would be read as
-# one more configuration, so it is kept here instead.
-BACKUP_ROOT = "/var/lib/vmshift/orig"
-READ_WHOLE = (
-    "/etc/sysconfig/network-scripts",
-    "/etc/sysconfig/network",
-    "/etc/NetworkManager/system-connections",
-    "/etc/network/interfaces.d",
-    "/etc/modprobe.d",
-)
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 VMWARE_UNINSTALLER = "/usr/bin/vmware-uninstall-tools.pl"
 VMWARE_LOCATIONS = "/etc/vmware-tools/locations"
@@ -281,7 +270,7 @@ def rewrite_driver_aliases(guest: LinuxGuest, *, virtio: bool, step: str = STEP)
     first_done = False
     for path in paths:
         text = guest.read(path)
-        if text is None or path.endswith(".vmshift-orig"):
+        if text is None or path.endswith(BACKUP_SUFFIX):
             continue
         new, changes, first_done = rewrite_aliases(text, block, net, first_done)
         if changes:
@@ -346,24 +335,17 @@ def _check_kernels_left(guest: LinuxGuest) -> None:
 def write_config(
     guest: LinuxGuest, path: str, text: str, step: str, what: str, *, original: str | None = None
 ) -> None:
-    """guest.write, except that files in READ_WHOLE directories keep their backup under
-    BACKUP_ROOT. With `original`, the file moves from there to `path` (an ifcfg renamed with
-    its interface), keeping its owner, mode and SELinux label."""
-    source = original or path
-    if posixpath.dirname(source) not in READ_WHOLE:
+    """guest.write; with `original`, the file also moves from there to `path` (an ifcfg
+    renamed with its interface), keeping its owner, mode and SELinux label."""
+    if original is None or original == path:
         guest.write(path, text, step, what)
         return
     g = guest.g
-    backup = BACKUP_ROOT + source
-    if g.is_file(source) and not g.exists(backup):
-        g.mkdir_p(posixpath.dirname(backup))
-        g.cp_a(source, backup)
-    if source != path and g.is_file(source) and not g.exists(path):
-        g.cp_a(source, path)
-    g.write(path, text.encode("utf-8", errors="surrogateescape"))
-    if source != path:
-        g.rm_f(source)
-    guest.note(step, what, path)
+    guest.keep_original(original)
+    if g.is_file(original) and not g.exists(path):
+        g.cp_a(original, path)
+    guest.write(path, text, step, what)
+    g.rm_f(original)
 
 
 def _glob(guest: LinuxGuest, pattern: str) -> list[str]:
