@@ -30,6 +30,7 @@ ethernet1.addressType = "generated"
 ethernet1.generatedAddress = "00:0c:29:12:34:56"
 """
 
+
 def two_nic_vmx(name: str, disk: str) -> str:
     """A VMX naming one disk file, relative to the VMX's folder."""
     return _TWO_NIC_VMX.format(name=name, disk=disk)
