@@ -137,12 +137,13 @@ def _convert_and_copy(
     sink(StageEvent("appliance", "starting the libguestfs appliance"))
     with open_session(images, readonly=False, labels=labels) as session:
         sink(StageEvent("inspect", "inspecting the guest"))
-        guest_os = choose_root(inspect_session(session), opts.root)
+        oses = inspect_session(session)
+        guest_os = choose_root(oses, opts.root)
         what = f"{guest_os.distro} {guest_os.major_version}.{guest_os.minor_version}"
         sink(StageEvent("convert", f"converting {guest_os.type} guest ({what}, {guest_os.root})"))
         caps = pick_converter(guest_os).convert(session, guest_os, vm, opts.convert)
         sink(StageEvent("trim", "discarding unused blocks"))
-        trim_filesystems(session)
+        trim_filesystems(session, oses)
     estimates = [measure(o, opts.out_format) for o in overlays]
     outputs = target.setup(vm, [o.virtual_size for o in overlays])
     check_free_space(outputs, estimates)

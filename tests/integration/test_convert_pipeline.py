@@ -96,17 +96,35 @@ def test_guest_without_virtio_gets_fallback_devices_and_a_warning(
     assert "<model type='e1000'/>" in xml
 
 
+def _data_disk_with_a_deleted_file(path: Path, scratch: Path) -> None:
+    """An ext4 data disk (no partition table) whose free blocks still hold 16 MiB of old data."""
+    scratch.mkdir()
+    (scratch / "payload").write_bytes(os.urandom(16 << 20))
+    with path.open("wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mke2fs", "-q", "-t", "ext4", "-d", scratch, path], check=True)
+    # debugfs edits the image file directly: no mount, and the blocks keep their bytes.
+    subprocess.run(["debugfs", "-w", "-R", "rm payload", path], check=True, capture_output=True)
+
+
 def test_raw_sparse_output_holds_only_the_data(
-    linux_guests: dict[str, BuiltGuest], outdir: Path
+    linux_guests: dict[str, BuiltGuest], outdir: Path, tmp_path: Path
 ) -> None:
     guest = linux_guests["debian-uefi"]  # a raw source image
     source = guest.disks[0]
-    proc = vmshift(["-q", "convert", "-i", "disk", source, "-o", "local", "-os", outdir])
+    data = tmp_path / "data.img"
+    _data_disk_with_a_deleted_file(data, tmp_path / "files")
+    assert _allocated(data) > 16 << 20
+    proc = vmshift(["-q", "convert", "-i", "disk", source, data, "-o", "local", "-os", outdir])
     assert proc.returncode == 0, proc.stderr
     out = outdir / "debian-uefi-sda"
     assert out.stat().st_size == source.stat().st_size
     # Sparse: no more blocks allocated than the source had (it is sparse too).
     assert _allocated(out) <= _allocated(source) * 1.05 + (1 << 20)
+    # fstrim in the overlay freed the deleted file's blocks: they are not copied.
+    out_data = outdir / "debian-uefi-sdb"
+    assert out_data.stat().st_size == 64 << 20
+    assert _allocated(out_data) < 8 << 20
     assert "<os firmware='efi'>" in (outdir / "debian-uefi.xml").read_text().replace('"', "'")
     # -q: only the verdict.
     lines = proc.stdout.strip().splitlines()

@@ -7,18 +7,21 @@ free space into unallocated (zero) clusters, which the copier then skips.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import Any
 
 from vmshift.guest.session import GuestSession
+from vmshift.model.inspection import OperatingSystem
 
 log = logging.getLogger(__name__)
 
 TRIMMABLE = {"ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "ntfs", "f2fs"}
 
 
-def trim_filesystems(session: GuestSession) -> None:
+def trim_filesystems(session: GuestSession, oses: Sequence[OperatingSystem]) -> None:
     g = session.g
     g.umount_all()
-    for device, fstype in sorted(g.list_filesystems().items()):
+    for device, fstype in sorted(_filesystems(g, oses).items()):
         if fstype not in TRIMMABLE:
             continue
         try:
@@ -34,3 +37,31 @@ def trim_filesystems(session: GuestSession) -> None:
             log.info("fstrim on %s failed: %s", device, exc)
         finally:
             g.umount_all()
+
+
+def _filesystems(g: Any, oses: Sequence[OperatingSystem]) -> dict[str, str]:
+    """The inspected OSes' filesystems, plus any other partition's (data disks).
+
+    Not list_filesystems: it probes LVM, md and LDM again, which costs ~10 s under TCG after
+    inspection has just done it. Only a logical volume that no OS mounts goes untrimmed; the
+    copy of it is then bigger, never wrong.
+    """
+    found = {fs.device: fs.type for os in oses for fs in os.filesystems}
+    try:
+        partitions: list[str] = g.list_partitions()
+    except RuntimeError:
+        partitions = []
+    try:
+        devices: list[str] = g.list_devices()
+    except RuntimeError:
+        devices = []
+    # A disk without a partition table may hold a filesystem itself.
+    whole = [d for d in devices if not any(p.startswith(d) for p in partitions)]
+    for dev in [*partitions, *whole]:
+        if dev in found:
+            continue
+        try:
+            found[dev] = str(g.vfs_type(dev))
+        except RuntimeError:
+            continue  # no filesystem here (an LVM PV, a BIOS boot partition ...)
+    return found
