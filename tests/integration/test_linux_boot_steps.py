@@ -22,6 +22,7 @@ from tests.guests.stub_tools import STUB_LOG, calls_of
 from vmshift.blockio.imageinfo import probe_image
 from vmshift.convert.linux import bootloader, initramfs, kernel
 from vmshift.convert.linux.context import LinuxGuest, family_of
+from vmshift.formats import grub
 from vmshift.formats.initramfs import list_initramfs
 from vmshift.guest.inspect import inspect_session, mount_os
 from vmshift.guest.session import open_session
@@ -219,7 +220,7 @@ def test_rhel_grub2_mkconfig_and_grubby(phony: dict[str, PhonyResult]) -> None:
     r = phony["rhel"]
     assert calls_of(r.stub_log, "grub2-mkconfig") == [["-o", "/boot/grub2/grub.cfg"]]
     assert calls_of(r.stub_log, "grubby") == [["--set-default", f"/boot/vmlinuz-{r.chosen}"]]
-    env = bootloader.parse_grubenv(r.files["/boot/grub2/grubenv"] or "")
+    env = grub.parse_grubenv(r.files["/boot/grub2/grubenv"] or "")
     assert env["saved_entry"].endswith(f"-{r.chosen}")
     assert "blscfg" in (r.files["/boot/grub2/grub.cfg"] or "")
 

@@ -10,6 +10,7 @@ import pytest
 from vmshift.convert.linux import bootloader as bl
 from vmshift.convert.linux import initramfs, kernel
 from vmshift.convert.linux.context import LinuxGuest
+from vmshift.formats import grub
 from vmshift.model.inspection import (
     Bootloader,
     DriverPresence,
@@ -224,7 +225,7 @@ def test_needed_drivers_depend_on_the_bus() -> None:
 
 
 def test_parse_menu_reads_entries_submenus_and_kernels() -> None:
-    menu = bl.parse_menu(GRUB_CFG)
+    menu = grub.parse_menu(GRUB_CFG)
     assert [e.title for e in menu] == [
         "Debian GNU/Linux",
         "Advanced options for Debian GNU/Linux",
@@ -252,72 +253,72 @@ def test_parse_menu_reads_entries_submenus_and_kernels() -> None:
     ],
 )  # fmt: skip
 def test_resolve_entry(value: str, linux: str | None) -> None:
-    entry = bl.resolve_entry(bl.parse_menu(GRUB_CFG), value)
+    entry = grub.resolve_entry(grub.parse_menu(GRUB_CFG), value)
     assert (entry.linux if entry else None) == linux
 
 
 def test_entry_ref_prefers_top_level_and_skips_recovery() -> None:
-    menu = bl.parse_menu(GRUB_CFG)
-    assert bl.entry_ref(menu, "vmlinuz-6.1.0-50-amd64") == "gnulinux-simple-u1"
-    ref = bl.entry_ref(menu, "vmlinuz-6.1.0-18-amd64")
+    menu = grub.parse_menu(GRUB_CFG)
+    assert grub.entry_ref(menu, "vmlinuz-6.1.0-50-amd64") == "gnulinux-simple-u1"
+    ref = grub.entry_ref(menu, "vmlinuz-6.1.0-18-amd64")
     assert ref == "gnulinux-advanced-u1>gnulinux-6.1.0-18-amd64-advanced-u1"
-    assert bl.entry_ref(menu, "vmlinuz-9.9") is None
+    assert grub.entry_ref(menu, "vmlinuz-9.9") is None
 
 
 def test_grub_default_get_and_set() -> None:
     text = '# GRUB_DEFAULT=saved\nGRUB_DEFAULT=0\nGRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX="quiet"\n'
-    assert bl.grub_default(text) == "0"
-    new = bl.set_grub_default(text, "a>b")
+    assert grub.grub_default(text) == "0"
+    new = grub.set_grub_default(text, "a>b")
     assert new == text.replace("\nGRUB_DEFAULT=0\n", '\nGRUB_DEFAULT="a>b"\n')
-    assert bl.grub_default(new) == "a>b"
-    assert bl.grub_default("GRUB_TIMEOUT=1\n") == "0"
+    assert grub.grub_default(new) == "a>b"
+    assert grub.grub_default("GRUB_TIMEOUT=1\n") == "0"
     assert (
-        bl.set_grub_default("GRUB_TIMEOUT=1", "saved") == 'GRUB_DEFAULT="saved"\nGRUB_TIMEOUT=1\n'
+        grub.set_grub_default("GRUB_TIMEOUT=1", "saved") == 'GRUB_DEFAULT="saved"\nGRUB_TIMEOUT=1\n'
     )
-    assert bl.grub_default("GRUB_DEFAULT=saved\n") == "saved"
+    assert grub.grub_default("GRUB_DEFAULT=saved\n") == "saved"
 
 
 def test_grubenv_keeps_its_size_and_other_variables() -> None:
     head = "# GRUB Environment Block\nsaved_entry=old\nboot_success=1\n"
     env = head + "#" * (1024 - len(head))
-    new = bl.set_grubenv(env, "saved_entry", "abc-5.14.0-362.8.1.el9_3.x86_64")
+    new = grub.set_grubenv(env, "saved_entry", "abc-5.14.0-362.8.1.el9_3.x86_64")
     assert len(new) == 1024
-    assert bl.parse_grubenv(new) == {
+    assert grub.parse_grubenv(new) == {
         "saved_entry": "abc-5.14.0-362.8.1.el9_3.x86_64",
         "boot_success": "1",
     }
-    assert len(bl.set_grubenv("", "saved_entry", "x")) == 1024
+    assert len(grub.set_grubenv("", "saved_entry", "x")) == 1024
     with pytest.raises(ValueError):
-        bl.set_grubenv(env, "kernelopts", "x" * 1100)
+        grub.set_grubenv(env, "kernelopts", "x" * 1100)
 
 
 def test_bls_and_stub_detection() -> None:
-    assert bl.is_bls("set default=x\nblscfg\n") and not bl.is_bls(GRUB_CFG)
+    assert grub.is_bls("set default=x\nblscfg\n") and not grub.is_bls(GRUB_CFG)
     stub = (
         "search.fs_uuid 1234 root hd0,gpt2\nset prefix=($root)'/boot/grub'\n"
         "configfile $prefix/grub.cfg\n"
     )
-    assert bl.is_stub(stub) and not bl.is_stub(GRUB_CFG) and not bl.is_stub("blscfg\n")
+    assert grub.is_stub(stub) and not grub.is_stub(GRUB_CFG) and not grub.is_stub("blscfg\n")
     entry = "title RHEL\nversion 5.14\nlinux /vmlinuz-5.14\ninitrd /initramfs-5.14.img\n"
-    assert bl.bls_linux(entry) == "/vmlinuz-5.14"
+    assert grub.bls_linux(entry) == "/vmlinuz-5.14"
 
 
 def test_appliance_root_names_are_replaced_on_kernel_lines_only() -> None:
     fstab = (
         "# <fs> <mp>\n/dev/sda2 /boot ext4 defaults 0 2\nUUID=abcd  /  ext4 errors=remount-ro 0 1\n"
     )
-    assert bl.fstab_root(fstab) == "UUID=abcd"
-    assert bl.fstab_root("proc /proc proc defaults 0 0\n") is None
-    fixed = bl.replace_kernel_root(GRUB_CFG, "UUID=abcd")
+    assert grub.fstab_root(fstab) == "UUID=abcd"
+    assert grub.fstab_root("proc /proc proc defaults 0 0\n") is None
+    fixed = grub.replace_kernel_root(GRUB_CFG, "UUID=abcd")
     assert "root=/dev/sda1" not in fixed
     assert fixed.count("root=UUID=abcd ro") == 5
     assert "set root='hd0,msdos1'" in fixed
     # Nothing else moves.
     assert fixed.replace("root=UUID=abcd", "root=/dev/sda1") == GRUB_CFG
-    same = bl.replace_kernel_root(GRUB_CFG, "/dev/sda1")
+    same = grub.replace_kernel_root(GRUB_CFG, "/dev/sda1")
     assert same == GRUB_CFG
     lvm = "\tlinux /vmlinuz root=/dev/mapper/vg-root ro\n"
-    assert bl.replace_kernel_root(lvm, "/dev/vda1") == lvm
+    assert grub.replace_kernel_root(lvm, "/dev/vda1") == lvm
 
 
 # --- grub legacy -------------------------------------------------------------------------------
@@ -343,23 +344,23 @@ title CentOS (2.6.18-419.el5)
 
 
 def test_grub1_entries_and_default() -> None:
-    assert bl.grub1_kernels(MENU_LST) == [
+    assert grub.grub1_kernels(MENU_LST) == [
         "/xen.gz-2.6.18-419.el5",
         "/vmlinuz-2.6.18-419.el5",
         "/vmlinuz-2.6.18-419.el5",
     ]
-    assert bl.grub1_default(MENU_LST) == 1
-    assert bl.grub1_entry_index(MENU_LST, "vmlinuz-2.6.18-419.el5") == 2
-    assert bl.grub1_entry_index(MENU_LST, "vmlinuz-9") is None
-    new = bl.set_grub1_default(MENU_LST, 2)
+    assert grub.grub1_default(MENU_LST) == 1
+    assert grub.grub1_entry_index(MENU_LST, "vmlinuz-2.6.18-419.el5") == 2
+    assert grub.grub1_entry_index(MENU_LST, "vmlinuz-9") is None
+    new = grub.set_grub1_default(MENU_LST, 2)
     assert new == MENU_LST.replace("default 1\n", "default 2\n")
-    assert bl.grub1_default(new) == 2
+    assert grub.grub1_default(new) == 2
 
 
 def test_grub1_default_added_when_missing() -> None:
     text = "# comment\ntimeout=5\ntitle A\n\tkernel /vmlinuz-a\ntitle B\n\tkernel /vmlinuz-b\n"
-    assert bl.grub1_default(text) == 0
-    new = bl.set_grub1_default(text, 1)
+    assert grub.grub1_default(text) == 0
+    new = grub.set_grub1_default(text, 1)
     assert new.startswith("# comment\ndefault=1\ntimeout=5\n")
-    assert bl.grub1_default("default=saved\ntitle A\n") is None
-    assert bl.grub1_default("default=3\n") == 3
+    assert grub.grub1_default("default=saved\ntitle A\n") is None
+    assert grub.grub1_default("default=3\n") == 3
