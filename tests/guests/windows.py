@@ -28,6 +28,7 @@ from tests.guests import hive
 from tests.guests.cache import cached_dir, source_version
 from tests.guests.hive import ExpandSz, RegValue
 from tests.guests.manifest import BuiltGuest, ExpectedOS, ExpectedWindows
+from vmshift.guest import regvalue
 
 DISK_SIZE = 256 * 1024 * 1024
 SECTOR = 512
@@ -827,7 +828,7 @@ def build_all() -> dict[str, BuiltGuest]:
     # guests inspected together must not share them.
     if len({g.disk_signature for g in GUESTS}) != len(GUESTS):
         raise RuntimeError("two Windows test guests share an MBR disk ID; rename one")
-    version = source_version(__file__, hive.__file__)
+    version = source_version(__file__, hive.__file__, regvalue.__file__)
     root = cached_dir("windows-guests", version, _build_images)
     return {g.name: _built(g, root / g.disk_file) for g in GUESTS}
 

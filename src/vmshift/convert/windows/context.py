@@ -1,0 +1,150 @@
+"""The state shared by the Windows conversion steps."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmshift.convert.base import ConvertOptions
+from vmshift.errors import ConversionError
+from vmshift.guest.registry import HiveEditor
+from vmshift.model.caps import Change
+from vmshift.model.inspection import OperatingSystem
+from vmshift.model.vm import SourceVM
+
+log = logging.getLogger("vmshift.convert.windows")
+
+HIVES = ("SYSTEM", "SOFTWARE")
+
+
+@dataclass
+class WindowsGuest:
+    """The guest being converted: a libguestfs handle with the system volume mounted read-write
+    at /."""
+
+    g: Any
+    os: OperatingSystem
+    vm: SourceVM
+    opts: ConvertOptions
+    systemroot: str  # guest path in its real case, "/Windows" or "/WINDOWS"
+    ccs: str  # the control set Windows boots from (Select\Current), "ControlSet001"
+    changes: list[Change] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    drivers_installed: list[str] = field(default_factory=list)
+    # The driver registered to boot from a virtio disk (viostor or vioscsi), if any.
+    boot_driver: str | None = None
+    # (name, .bat or .ps1 text) run once at first boot, in this order.
+    firstboot_scripts: list[tuple[str, str]] = field(default_factory=list)
+    _editing: set[str] = field(default_factory=set, repr=False)
+
+    def note(self, step: str, what: str, path: str | None = None) -> None:
+        self.changes.append(Change(step, what, path))
+        log.info("%s: %s%s", step, what, f" ({path})" if path else "")
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log.warning("%s", message)
+
+    def case_path(self, path: str) -> str | None:
+        """The real path of a file on the case-insensitive NTFS volume, or None if absent."""
+        try:
+            real: str = self.g.case_sensitive_path(path)
+            return real if self.g.exists(real) else None
+        except RuntimeError:
+            return None
+
+    def hive_path(self, which: str) -> str:
+        """Where the SYSTEM or SOFTWARE hive lives in the guest."""
+        if which not in HIVES:
+            raise ValueError(f"unknown hive {which!r}")
+        try:
+            ask = (
+                self.g.inspect_get_windows_system_hive
+                if which == "SYSTEM"
+                else self.g.inspect_get_windows_software_hive
+            )
+            found: str = ask(self.os.root)
+            return found
+        except RuntimeError:
+            real = self.case_path(f"{self.systemroot}/System32/config/{which}")
+            if real is None:
+                raise ConversionError(
+                    f"the {which} registry hive is missing from {self.systemroot}"
+                ) from None
+            return real
+
+    @contextmanager
+    def edit_hive(self, which: str) -> Iterator[HiveEditor]:
+        """Download a hive, yield it for editing, and upload it back when the block succeeds.
+
+        Nothing is uploaded when the block raises: the guest keeps its hive as it was.
+        """
+        if which in self._editing:
+            # Two editors on one hive: whichever uploads last would silently drop the other's
+            # changes.
+            raise ConversionError(f"internal error: the {which} hive is already being edited")
+        guest_path = self.hive_path(which)
+        self._editing.add(which)
+        try:
+            with tempfile.TemporaryDirectory(prefix="vmshift-hive-") as tmp:
+                local = Path(tmp) / which
+                try:
+                    self.g.download(guest_path, str(local))
+                except RuntimeError as exc:
+                    raise ConversionError(f"cannot read {guest_path}: {exc}") from exc
+                editor = HiveEditor(local)
+                yield editor
+                editor.commit()
+                try:
+                    self.g.upload(str(local), guest_path)
+                except RuntimeError as exc:
+                    raise ConversionError(f"cannot write {guest_path}: {exc}") from exc
+        finally:
+            self._editing.discard(which)
+
+    def mkdir(self, path: str) -> str:
+        """Make a directory (and its parents), reusing the case of existing ones; its real path."""
+        parts = [p for p in path.split("/") if p]
+        current = "/"
+        for part in parts:
+            child = posixpath.join(current, part)
+            real = self.case_path(child)
+            if real is None:
+                self.g.mkdir(child)
+                real = child
+            current = real
+        return current
+
+
+def make_guest(g: Any, os: OperatingSystem, vm: SourceVM, opts: ConvertOptions) -> WindowsGuest:
+    """The WindowsGuest for an inspected OS whose system volume is mounted at /."""
+    if os.windows is None:
+        raise ConversionError(
+            f"{os.product_name}: the Windows registry could not be read",
+            hint="check that the SYSTEM and SOFTWARE hives exist and are not damaged",
+        )
+    systemroot = _real(g, os.windows.systemroot)
+    if systemroot is None:
+        raise ConversionError(f"{os.product_name}: system root {os.windows.systemroot} not found")
+    return WindowsGuest(
+        g=g,
+        os=os,
+        vm=vm,
+        opts=opts,
+        systemroot=systemroot,
+        ccs=os.windows.current_control_set,
+    )
+
+
+def _real(g: Any, path: str) -> str | None:
+    try:
+        real: str = g.case_sensitive_path(path)
+        return real if g.is_dir(real) else None
+    except RuntimeError:
+        return None
