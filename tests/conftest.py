@@ -45,6 +45,18 @@ def linux_guests() -> dict[str, BuiltGuest]:
     return build_all()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def firstboot_tool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in rhsrvany.exe for every Windows conversion the suite runs: Debian packages
+    none, and a Windows guest with first-boot work cannot be converted without one."""
+    from tests.guests.windows import SUBSYSTEM_CONSOLE, pe_image
+
+    path = tmp_path_factory.mktemp("firstboot") / "rhsrvany.exe"
+    path.write_bytes(pe_image("i386", SUBSYSTEM_CONSOLE))
+    os.environ.setdefault("VMSHIFT_FIRSTBOOT_TOOL", str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def windows_guests() -> dict[str, BuiltGuest]:
     from tests.guests.windows import build_all

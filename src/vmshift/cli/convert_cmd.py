@@ -93,6 +93,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="virtio-blk",
         help="virtio disk driver to use (default virtio-blk)",
     )
+    p.add_argument(
+        "--firstboot-tool",
+        metavar="FILE",
+        help="Windows first-boot service wrapper, rhsrvany.exe or pvvxsvc.exe "
+        "(default: $VMSHIFT_FIRSTBOOT_TOOL, then /usr/share/virt-tools)",
+    )
     p.add_argument("--memory", metavar="SIZE", help="memory of the guest (default: the source's)")
     p.add_argument("--vcpus", type=int, metavar="N", help="vCPUs of the guest")
     p.add_argument(
@@ -195,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     run_opts = RunOptions(
         out_format=args.output_format,
         preallocated=args.output_alloc == "preallocated",
-        convert=ConvertOptions(block_driver=args.block_driver),
+        convert=ConvertOptions(block_driver=args.block_driver, firstboot_tool=args.firstboot_tool),
         root=args.root,
         workdir_parent=args.workdir,
     )

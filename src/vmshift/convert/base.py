@@ -26,6 +26,7 @@ from vmshift.model.vm import SourceVM
 class ConvertOptions:
     block_driver: str = "virtio-blk"  # or virtio-scsi
     virtio_win: str | None = None  # Windows driver tree (directory or ISO)
+    firstboot_tool: str | None = None  # Windows service wrapper (rhsrvany.exe or pvvxsvc.exe)
 
 
 class Converter(Protocol):
