@@ -16,6 +16,8 @@ DEBS=(
     # The test-guest factory: NTFS tools, an rpm database writer, cpio for initramfs images,
     # a static busybox that runs the stub tools inside the phony Linux guests.
     ntfs-3g rpm cpio zstd gdisk fdisk dosfstools lvm2 libhivex-bin file initramfs-tools-core busybox-static
+    # Windows conversion reads virtio-win ISOs (bsdtar); the tests make such ISOs (xorriso).
+    libarchive-tools xorriso
 )
 
 missing=()

@@ -94,6 +94,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="virtio disk driver to use (default virtio-blk)",
     )
     p.add_argument(
+        "--virtio-win",
+        metavar="PATH",
+        help="Windows VirtIO drivers: a virtio-win ISO or directory "
+        "(default: $VIRTIO_WIN, then /usr/share/virtio-win)",
+    )
+    p.add_argument(
         "--firstboot-tool",
         metavar="FILE",
         help="Windows first-boot service wrapper, rhsrvany.exe or pvvxsvc.exe "
@@ -165,6 +171,13 @@ def make_target(args: argparse.Namespace) -> Target:
     return target
 
 
+def _existing_path(option: str, value: str | None) -> str | None:
+    """A path option checked before the slow work starts."""
+    if value is not None and not Path(value).exists():
+        raise UsageError(f"{option} {value}: no such file or directory")
+    return value
+
+
 def verdict(result: ConversionResult) -> str:
     name = result.target.name
     caps = result.caps
@@ -172,9 +185,11 @@ def verdict(result: ConversionResult) -> str:
         drivers = f" ({', '.join(caps.drivers_installed)})" if caps.drivers_installed else ""
         return f"vmshift: {name} configured with virtio drivers{drivers}."
     why = "; ".join(caps.warnings) or "no virtio drivers available for this guest"
+    partial = f" Installed: {', '.join(caps.drivers_installed)}." if caps.drivers_installed else ""
     return (
         f"vmshift: warning: {name} was NOT configured with virtio drivers ({why}); "
         f"it will use {caps.block_bus} disks and a {caps.net_model} network card (slower)."
+        + partial
     )
 
 
@@ -201,7 +216,11 @@ def run(args: argparse.Namespace) -> int:
     run_opts = RunOptions(
         out_format=args.output_format,
         preallocated=args.output_alloc == "preallocated",
-        convert=ConvertOptions(block_driver=args.block_driver, firstboot_tool=args.firstboot_tool),
+        convert=ConvertOptions(
+            block_driver=args.block_driver,
+            virtio_win=_existing_path("--virtio-win", args.virtio_win),
+            firstboot_tool=args.firstboot_tool,
+        ),
         root=args.root,
         workdir_parent=args.workdir,
     )

@@ -39,6 +39,7 @@ class Converter(Protocol):
 # they can already boot from.
 CONVERTERS: dict[str, str] = {
     "linux": "vmshift.convert.linux:LinuxConverter",
+    "windows": "vmshift.convert.windows.converter:WindowsConverter",
 }
 FALLBACK = "vmshift.convert.unmodified:UnmodifiedConverter"
 

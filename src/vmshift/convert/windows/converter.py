@@ -1,0 +1,68 @@
+"""The Windows converter: runs the steps in order and decides what the guest can now run on."""
+
+from __future__ import annotations
+
+from vmshift.convert.base import ConvertOptions
+from vmshift.convert.unmodified import target_firmware
+from vmshift.convert.windows import checks, drivers, firstboot, services, uefi
+from vmshift.convert.windows.context import WindowsGuest, make_guest
+from vmshift.guest.inspect import mount_os
+from vmshift.guest.session import GuestSession
+from vmshift.model.caps import GuestCaps
+from vmshift.model.inspection import OperatingSystem
+from vmshift.model.vm import Firmware, SourceVM
+
+
+class WindowsConverter:
+    def convert(
+        self, session: GuestSession, os: OperatingSystem, vm: SourceVM, opts: ConvertOptions
+    ) -> GuestCaps:
+        # Before the read-write mount, which ntfs-3g refuses on a hibernated volume.
+        checks.refuse_hibernated(os)
+        g = session.g
+        g.umount_all()
+        mount_os(g, os.root, readonly=False)
+        try:
+            guest = make_guest(g, os, vm, opts)
+            # Refusals first: a guest that must not be converted is left untouched.
+            checks.refuse_or_warn(guest)
+            services.disable_foreign(guest)
+            drivers.install(guest)
+            uefi.ensure_fallback(guest)
+            # Last: it queues the scripts every step before it asked for.
+            firstboot.install(guest)
+        finally:
+            g.sync()
+            g.umount_all()
+        return guest_caps(guest)
+
+
+def guest_caps(guest: WindowsGuest) -> GuestCaps:
+    """The devices the converted guest has drivers for; emulated ones where it has none."""
+    os = guest.os
+    have = {d.lower() for d in guest.drivers_installed}
+    old = os.major_version < 6  # XP/2003: no AHCI driver, no e1000 driver of their own
+    if guest.boot_driver == "vioscsi":
+        block_bus = "virtio-scsi"
+    elif guest.boot_driver == "viostor":
+        block_bus = "virtio-blk"
+    else:
+        block_bus = "ide" if old else "sata"
+    net_model = "virtio" if "netkvm" in have else "rtl8139" if old else "e1000"
+    firmware = target_firmware(guest.vm, os)
+    # q35 has no IDE controller, and XP/2003 know none of its chipset devices.
+    machine = "pc" if (old or block_bus == "ide") and firmware is Firmware.BIOS else "q35"
+    return GuestCaps(
+        block_bus=block_bus,
+        net_model=net_model,
+        video="qxl" if "qxldod" in have or "qxl" in have else "vga",
+        machine=machine,
+        firmware=firmware,
+        arch="i686" if os.arch in ("i386", "i486", "i586", "i686") else os.arch,
+        virtio_rng="viorng" in have,
+        virtio_balloon="balloon" in have,
+        virtio_serial="vioserial" in have,
+        drivers_installed=tuple(guest.drivers_installed),
+        warnings=tuple(guest.warnings),
+        changes=tuple(guest.changes),
+    )
