@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import vmshift
 from tests.guests import hive
 from tests.guests.virtio_win import build_iso, build_tree, stand_in
 from vmshift.convert.base import ConvertOptions
@@ -248,3 +249,24 @@ def test_caps_follow_the_installed_drivers() -> None:
     caps = guest_caps(_guest(5, None, []))
     assert (caps.block_bus, caps.net_model, caps.machine) == ("ide", "rtl8139", "pc")
     assert not caps.virtio_serial
+
+
+def test_an_iso_symlink_member_is_refused(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    d = tree / "viostor" / "w10" / "amd64"
+    d.mkdir(parents=True)
+    (d / "viostor.sys").symlink_to("/etc/passwd")
+    (d / "viostor.inf").write_text("[Version]\r\n")
+    with open_tree(build_iso(tree, tmp_path / "evil.iso")) as t:
+        (chosen,) = t.index.select(["w10"], "amd64")
+        with pytest.raises(ConversionError, match="not a regular file"):
+            t.fetch(chosen.files)
+
+
+def test_a_missing_virtio_win_path_is_refused_before_any_work(tmp_path: Path) -> None:
+    disk = tmp_path / "guest.img"
+    disk.write_bytes(bytes(1 << 20))
+    args: list[str | Path] = ["convert", "-i", "disk", disk, "-o", "local", "-os", tmp_path]
+    proc = vmshift([*args, "--virtio-win", tmp_path / "nope.iso"])
+    assert proc.returncode == 2
+    assert "--virtio-win" in proc.stderr and "nope.iso" in proc.stderr
