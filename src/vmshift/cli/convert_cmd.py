@@ -10,7 +10,8 @@ from typing import Any
 
 from rich.console import Console
 
-from vmshift.cli.options import memory_size, network_map
+from vmshift.cli.options import memory_size
+from vmshift.cli.profile_options import apply_profile, target_networks
 from vmshift.cli.render import ProgressPrinter, print_source_vm
 from vmshift.convert.base import ConvertOptions
 from vmshift.errors import UsageError
@@ -40,7 +41,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-o",
         dest="output",
-        default="libvirt",
         metavar="OUTPUT",
         help=f"output: {', '.join(TARGETS)} (default libvirt)",
     )
@@ -54,18 +54,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-of",
         dest="output_format",
-        default="raw",
         choices=["raw", "qcow2"],
         help="output disk format (default raw)",
     )
     p.add_argument(
         "-oa",
         dest="output_alloc",
-        default="sparse",
         choices=["sparse", "preallocated"],
         help="output allocation (default sparse)",
     )
     p.add_argument("-on", dest="output_name", metavar="NAME", help="rename the guest")
+    p.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="output options from a profile (docs/profiles.md); options given here win",
+    )
+    p.add_argument(
+        "--conf",
+        type=Path,
+        metavar="FILE",
+        help="read --profile from FILE (virt-v2v.conf XML or TOML) instead of the usual places",
+    )
     p.add_argument(
         "--network",
         action="append",
@@ -161,7 +170,7 @@ def make_target(args: argparse.Namespace) -> Target:
         format=args.output_format,
         allocation=args.output_alloc,
         name=args.output_name,
-        networks=network_map(args.network, args.bridge, args.mac),
+        networks=target_networks(args),
         qemu_boot=args.qemu_boot,
     )
     if args.qemu_boot and args.output != "qemu":
@@ -194,6 +203,7 @@ def verdict(result: ConversionResult) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_profile(args)
     source = make_source(args)
     if args.print_source:
         import tempfile

@@ -16,6 +16,7 @@ from vmshift.errors import VmshiftError
 SUBCOMMANDS: dict[str, str] = {
     "convert": "vmshift.cli.convert_cmd",
     "inspect": "vmshift.cli.inspect_cmd",
+    "profiles": "vmshift.cli.profiles_cmd",
 }
 
 log = logging.getLogger("vmshift")
