@@ -153,4 +153,5 @@ def test_does_not_boot_on_virtio_blk(variant: tuple[Variant, BuiltGuest], tmp_pa
     )
     print(f"\n{guest.name}: {result.outcome} on virtio-blk after {result.seconds:.0f} s")
     assert result.outcome is BootOutcome.NO_ROOT, result.tail()
-    assert "Gave up waiting for root file system device" in result.serial_log
+    # boot_to_login stops reading at its first match, so the log may end mid-sentence
+    assert "Gave up waiting for root" in result.serial_log
