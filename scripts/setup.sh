@@ -18,6 +18,8 @@ DEBS=(
     ntfs-3g rpm cpio zstd gdisk fdisk dosfstools lvm2 libhivex-bin file initramfs-tools-core busybox-static
     # Windows conversion reads virtio-win ISOs (bsdtar); the tests make such ISOs (xorriso).
     libarchive-tools xorriso
+    # -o rhv -os HOST:/PATH mounts the NFS export storage domain for the run.
+    nfs-common
 )
 
 missing=()

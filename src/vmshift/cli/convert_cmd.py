@@ -23,7 +23,7 @@ from vmshift.targets.base import Target, TargetOptions
 
 HELP = "convert a guest to run on KVM (virt-v2v compatible options)"
 
-TARGET_ALIASES = {"disk": "local"}
+TARGET_ALIASES = {"disk": "local", "rhev": "rhv", "ovirt": "rhv"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,7 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "-os",
         dest="output_storage",
         metavar="STORAGE",
-        help="output storage: a directory (local, qemu) or a pool (libvirt)",
+        help="output storage: a directory (local, qemu), a pool (libvirt), or an export "
+        "storage domain (rhv: HOST:/PATH or a mounted directory)",
     )
     p.add_argument("-oc", dest="output_conn", metavar="URI", help="output connection URI")
     p.add_argument(
@@ -64,6 +65,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="output allocation (default sparse)",
     )
     p.add_argument("-on", dest="output_name", metavar="NAME", help="rename the guest")
+    p.add_argument(
+        "--rhv-data-domain-type",
+        choices=["nfs", "iscsi", "fc"],
+        help="with -o rhv: the data domain the guest will be imported into; refuses disk "
+        "formats it cannot hold",
+    )
     p.add_argument(
         "--profile",
         metavar="NAME",
@@ -172,6 +179,7 @@ def make_target(args: argparse.Namespace) -> Target:
         name=args.output_name,
         networks=target_networks(args),
         qemu_boot=args.qemu_boot,
+        rhv_data_domain_type=args.rhv_data_domain_type,
     )
     if args.qemu_boot and args.output != "qemu":
         raise UsageError("--qemu-boot works only with -o qemu")
@@ -239,6 +247,8 @@ def run(args: argparse.Namespace) -> int:
     line = verdict(result)
     if args.report:
         write_report(args.report, result, line)
+    for warning in result.target.warnings:
+        print(f"vmshift: warning: {warning}", file=sys.stderr)
     if not args.quiet:
         print(result.target.description)
     print(line, file=sys.stdout)
@@ -283,6 +293,7 @@ def write_report(path: Path, result: ConversionResult, line: str) -> None:
         "target": {
             "description": result.target.description,
             "files": [str(f) for f in result.target.files],
+            "warnings": list(result.target.warnings),
         },
         "verdict": line,
     }

@@ -6,5 +6,6 @@ TARGETS: dict[str, str] = {
     "local": "vmshift.targets.local:LocalTarget",
     "libvirt": "vmshift.targets.libvirt:LibvirtTarget",
     "qemu": "vmshift.targets.qemu:QemuTarget",
+    "rhv": "vmshift.targets.rhv:RhvTarget",
     "null": "vmshift.targets.null:NullTarget",
 }

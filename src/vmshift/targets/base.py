@@ -33,15 +33,17 @@ class NetworkMap:
 
     def map(self, mac: str | None, network: str | None) -> tuple[str, str]:
         """The (type, name) a source NIC connects to on the target."""
+        return self.lookup(mac, network) or ("network", "default")
+
+    def lookup(self, mac: str | None, network: str | None) -> tuple[str, str] | None:
+        """Like map(), but None when no mapping (not even a default) covers the NIC."""
         if mac and mac.lower() in self.macs:
             return self.macs[mac.lower()]
         if network is not None and network in self.networks:
             return ("network", self.networks[network])
         if network is not None and network in self.bridges:
             return ("bridge", self.bridges[network])
-        if self.default is not None:
-            return self.default
-        return ("network", "default")
+        return self.default
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class TargetOptions:
     name: str | None = None  # -on
     networks: NetworkMap = field(default_factory=NetworkMap)
     qemu_boot: bool = False
+    rhv_data_domain_type: str | None = None  # --rhv-data-domain-type: nfs, iscsi or fc
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class TargetResult:
     name: str
     description: str  # one line for the user: where the guest now is
     files: tuple[Path, ...] = ()
+    warnings: tuple[str, ...] = ()  # about the target, e.g. file ownership the user must fix
 
 
 class Target(Protocol):

@@ -1,0 +1,315 @@
+"""-o rhv (aliases rhev, ovirt): the guest into an oVirt/RHV export storage domain, for import.
+
+    <SD_UUID>/images/<IMAGE_UUID>/<VOL_UUID>        one volume per disk
+    <SD_UUID>/images/<IMAGE_UUID>/<VOL_UUID>.meta   VDSM's description of it
+    <SD_UUID>/master/vms/<VM_UUID>/<VM_UUID>.ovf    the VM, in oVirt's OVF dialect
+
+RHV lists a VM for import as soon as its OVF is there, so nothing appears under those names
+until the guest is complete: disks are copied into a hidden staging directory in the domain
+(same filesystem, so moving is a rename), each image directory is renamed into images/ once its
+.meta is written, and the VM's directory with the OVF is renamed into master/vms/ last.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vmshift.convert.windows.osdirs import SERVER, guest_kind
+from vmshift.errors import TargetError
+from vmshift.formats.libvirt_xml import effective_topology
+from vmshift.formats.ovirt_ovf import (
+    BiosType,
+    DisplayType,
+    NicType,
+    Origin,
+    OvfDisk,
+    OvfNic,
+    OvirtVm,
+    render_ovf,
+)
+from vmshift.formats.vdsm import VolumeMeta
+from vmshift.model.caps import GuestCaps
+from vmshift.model.inspection import OperatingSystem
+from vmshift.model.vm import Firmware, SourceVM
+from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult
+from vmshift.targets.export_domain import ExportDomain
+from vmshift.targets.local import check_format_options, output_name
+from vmshift.targets.ovirt_osinfo import osinfo_name
+
+log = logging.getLogger(__name__)
+
+# What RHV data domains can import a volume as (format, allocation); qcow2 preallocated is
+# not a volume kind RHV has at all.
+DATA_DOMAIN_KINDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "nfs": (("raw", "sparse"), ("raw", "preallocated"), ("qcow2", "sparse")),
+    "iscsi": (("raw", "preallocated"), ("qcow2", "sparse")),
+    "fc": (("raw", "preallocated"), ("qcow2", "sparse")),
+}
+NEVER = ("qcow2", "preallocated")
+
+DISK_INTERFACES = {
+    "virtio-blk": "VirtIO",
+    "virtio-scsi": "VirtIO_SCSI",
+    "ide": "IDE",
+    "sata": "IDE",
+}
+NIC_TYPES = {
+    "virtio": NicType.PV,
+    "e1000": NicType.E1000,
+    "e1000e": NicType.E1000,
+    "rtl8139": NicType.RTL8139,
+}
+ORIGINS = {
+    "vmware": Origin.VMWARE,
+    "xen": Origin.XEN,
+    "libvirt": Origin.KVM,
+    "hyperv": Origin.HYPERV,
+    "physical": Origin.PHYSICAL_MACHINE,
+}
+# A NIC that no --network/--bridge covers keeps its source network's name, or gets this one.
+DEFAULT_NETWORK = "ovirtmgmt"
+
+
+def check_storage_kind(fmt: str, allocation: str, data_domain: str | None) -> None:
+    """Refuse a volume kind the RHV data domain (when known: any domain) cannot hold."""
+    pair = (fmt, allocation)
+    if data_domain is None:
+        if pair == NEVER:
+            raise TargetError(
+                "-of qcow2 -oa preallocated: RHV cannot import preallocated qcow2 volumes",
+                hint="use -of raw -oa preallocated, or -of qcow2 -oa sparse",
+            )
+        return
+    allowed = DATA_DOMAIN_KINDS[data_domain]
+    if pair not in allowed:
+        names = ", ".join(f"-of {f} -oa {a}" for f, a in allowed)
+        raise TargetError(
+            f"-of {fmt} -oa {allocation}: an {data_domain.upper()} data domain cannot hold "
+            f"{fmt} {allocation} volumes",
+            hint=f"with --rhv-data-domain-type {data_domain} use one of: {names}",
+        )
+
+
+def bios_type(caps: GuestCaps) -> BiosType:
+    if caps.firmware == Firmware.UEFI:
+        return BiosType.Q35_OVMF
+    return BiosType.Q35_SEA_BIOS if caps.machine == "q35" else BiosType.I440FX_SEA_BIOS
+
+
+class RhvTarget:
+    def __init__(self, opts: TargetOptions) -> None:
+        self._opts = opts
+        self._domain: ExportDomain | None = None
+        self.name = ""
+        self.vm_id = ""
+        self._staging: Path | None = None
+        self._images: list[str] = []  # IMAGE_UUID per disk
+        self._volumes: list[str] = []  # VOL_UUID per disk
+        self._moved: list[Path] = []  # final paths this run made; abort removes them
+
+    @property
+    def domain(self) -> ExportDomain:
+        if self._domain is None:
+            raise TargetError("-o rhv: the export domain was not opened (check() not called)")
+        return self._domain
+
+    def check(self, vm: SourceVM) -> None:
+        if not self._opts.storage:
+            raise TargetError(
+                "-o rhv needs -os: the export storage domain (HOST:/PATH or a mounted directory)"
+            )
+        check_format_options(self._opts)
+        check_storage_kind(
+            self._opts.format, self._opts.allocation, self._opts.rhv_data_domain_type
+        )
+        self.name = output_name(self._opts, vm)
+        domain = ExportDomain(self._opts.storage)
+        domain.open()
+        self._domain = domain
+        try:
+            self._check_name_free()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _check_name_free(self) -> None:
+        """RHV tells VMs apart by UUID, so a second import of a name is only noticed late."""
+        vms = self.domain.root / "master" / "vms"
+        for ovf in sorted(vms.glob("*/*.ovf")):
+            try:
+                head = ovf.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            if f"<Name>{_xml_text(self.name)}</Name>" in head:
+                raise TargetError(
+                    f"{ovf}: the export domain already holds a VM named {self.name!r}",
+                    hint="remove it from the export domain, or choose another name with -on",
+                )
+
+    def setup(self, vm: SourceVM, sizes: list[int]) -> list[OutputDisk]:
+        if self._domain is None:
+            self.check(vm)
+        self.vm_id = str(uuid.uuid4())
+        staging = self.domain.root / f".vmshift-{self.vm_id}.tmp"
+        try:
+            staging.mkdir(mode=0o755)
+        except OSError as exc:
+            raise TargetError(f"{staging}: cannot create: {exc.strerror}") from exc
+        self._staging = staging
+        outs = []
+        for size in sizes:
+            image, volume = str(uuid.uuid4()), str(uuid.uuid4())
+            image_dir = staging / "images" / image
+            image_dir.mkdir(mode=0o755, parents=True)
+            self._images.append(image)
+            self._volumes.append(volume)
+            outs.append(
+                OutputDisk(
+                    path=image_dir / volume,
+                    final_path=self.domain.root / "images" / image / volume,
+                    format=self._opts.format,
+                    preallocated=self._opts.allocation == "preallocated",
+                    virtual_size=size,
+                )
+            )
+        return outs
+
+    def finalize(
+        self, vm: SourceVM, os_: OperatingSystem, caps: GuestCaps, disks: list[OutputDisk]
+    ) -> TargetResult:
+        domain = self.domain
+        if self._staging is None:
+            raise TargetError("-o rhv: finalize() before setup()")
+        created = datetime.now(UTC).replace(microsecond=0)
+        ovf_disks = []
+        for i, disk in enumerate(disks):
+            if not disk.path.exists():
+                raise TargetError(f"{disk.path}: the copied disk is missing")
+            st = disk.path.stat()
+            ovf_disks.append(self._ovf_disk(i, disk, caps, st.st_blocks * 512))
+            meta = VolumeMeta(
+                domain=domain.sd_uuid,
+                image=self._images[i],
+                capacity=disk.virtual_size,
+                format="COW" if disk.format == "qcow2" else "RAW",
+                allocation="PREALLOCATED" if disk.preallocated else "SPARSE",
+                description=f"{self.name} disk {i + 1}, converted by vmshift",
+                ctime=int(created.timestamp()),
+            )
+            meta_path = disk.path.with_name(disk.path.name + ".meta")
+            meta_path.write_text(meta.render(domain.metadata.version), encoding="utf-8")
+            for path in (disk.path, meta_path, disk.path.parent):
+                domain.chown(path)
+
+        ovf = OvirtVm(
+            vm_id=self.vm_id,
+            name=self.name,
+            description=f"{self.name}: converted by vmshift from {vm.origin} on {created:%Y-%m-%d}",
+            sd_uuid=domain.sd_uuid,
+            created=created,
+            os_name=osinfo_name(os_),
+            os_description=os_.product_name or os_.distro,
+            origin=ORIGINS.get(vm.origin),
+            bios_type=bios_type(caps),
+            memory_mib=max(1, -(-vm.memory // (1 << 20))),
+            **_topology(vm),
+            disks=ovf_disks,
+            nics=self._nics(vm, caps),
+            display=DisplayType.QXL if caps.video == "qxl" else DisplayType.VGA,
+            server=_is_server(os_),
+            rng=caps.virtio_rng,
+            balloon=caps.virtio_balloon,
+        )
+        vm_dir = self._staging / "vms" / self.vm_id
+        vm_dir.mkdir(mode=0o755, parents=True)
+        ovf_path = vm_dir / f"{self.vm_id}.ovf"
+        ovf_path.write_text(render_ovf(ovf), encoding="utf-8")
+        domain.chown(ovf_path)
+        domain.chown(vm_dir)
+
+        # Images first, the OVF last: RHV must never list a VM whose disks are not all there.
+        for image in self._images:
+            self._move(self._staging / "images" / image, domain.root / "images" / image)
+        final_vm = domain.root / "master" / "vms" / self.vm_id
+        self._move(vm_dir, final_vm)
+        shutil.rmtree(self._staging, ignore_errors=True)
+        self._staging = None
+        warnings = (domain.ownership.warning,) if domain.ownership.warning else ()
+        files = (*[d.final_path for d in disks], final_vm / ovf_path.name)
+        storage = self._opts.storage
+        domain.close()
+        return TargetResult(
+            name=self.name,
+            description=f"{final_vm / ovf_path.name} in export storage domain {storage} "
+            "(import it in RHV: Storage > Domains > the export domain > VM Import)",
+            files=files,
+            warnings=warnings,
+        )
+
+    def _ovf_disk(self, i: int, disk: OutputDisk, caps: GuestCaps, actual: int) -> OvfDisk:
+        return OvfDisk(
+            image_id=self._images[i],
+            volume_id=self._volumes[i],
+            snapshot_id=str(uuid.uuid4()),
+            virtual_size=disk.virtual_size,
+            actual_size=actual,
+            volume_format="COW" if disk.format == "qcow2" else "RAW",
+            volume_type="Preallocated" if disk.preallocated else "Sparse",
+            interface=DISK_INTERFACES.get(caps.block_bus, "IDE"),
+            boot=i == 0,
+        )
+
+    def _nics(self, vm: SourceVM, caps: GuestCaps) -> list[OvfNic]:
+        nics = []
+        for n, nic in enumerate(vm.nics):
+            mapped = self._opts.networks.lookup(nic.mac, nic.network)
+            # RHV has logical networks only: a --bridge mapping names one just the same.
+            network = mapped[1] if mapped else (nic.network or DEFAULT_NETWORK)
+            nics.append(
+                OvfNic(
+                    name=f"eth{n}",
+                    network=network,
+                    mac=nic.mac.lower() if nic.mac else None,
+                    nic_type=NIC_TYPES.get(caps.net_model, NicType.E1000),
+                )
+            )
+        return nics
+
+    def _move(self, src: Path, dst: Path) -> None:
+        if dst.exists():
+            raise TargetError(f"{dst}: already exists; refusing to overwrite it")
+        try:
+            src.rename(dst)
+        except OSError as exc:
+            raise TargetError(f"{dst}: cannot move into place: {exc.strerror}") from exc
+        self._moved.append(dst)
+
+    def abort(self) -> None:
+        for path in reversed(self._moved):
+            shutil.rmtree(path, ignore_errors=True)
+        self._moved.clear()
+        if self._staging is not None:
+            shutil.rmtree(self._staging, ignore_errors=True)
+            self._staging = None
+        if self._domain is not None:
+            self._domain.close()
+
+
+def _is_server(os_: OperatingSystem) -> bool:
+    """VmType: Windows clients are desktops; everything else runs as a server."""
+    return os_.type != "windows" or guest_kind(os_.product_variant, os_.product_name) == SERVER
+
+
+def _topology(vm: SourceVM) -> dict[str, int]:
+    topo = effective_topology(vm)
+    if topo is None:
+        return {"sockets": 1, "cores": max(1, vm.vcpus), "threads": 1}
+    return {"sockets": topo.sockets, "cores": topo.cores, "threads": topo.threads}
+
+
+def _xml_text(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
