@@ -14,6 +14,8 @@ import pytest
 from lxml import etree
 
 from tests.export_domain import FakeDomain, make_export_domain, read_meta
+from tests.integration.test_convert_bad_input import make_vm as make_source_vm
+from tests.integration.test_convert_bad_input import refused
 from tests.integration.test_targets import CAPS, LINUX, MIB, NETWORKS, fake_copy, make_vm
 from vmshift.errors import TargetError
 from vmshift.model.vm import Firmware
@@ -103,7 +105,7 @@ def test_writes_the_layout_rhv_imports(domain: FakeDomain) -> None:
     assert os_section.get(f"{OVF}id") == vm_dir.name
     assert os_section.findtext("Description") == "debian_9"
     items = content.findall("Section/Item")
-    by_type = {}
+    by_type: dict[str | None, list[etree._Element]] = {}
     for item in items:
         by_type.setdefault(item.findtext(f"{RASD}ResourceType"), []).append(item)
     (cpu,) = by_type["3"]
@@ -341,3 +343,24 @@ def test_an_nfs_export_that_cannot_be_mounted() -> None:
     message = _error(TargetOptions(storage="127.0.0.1:/no/such/export"))
     assert message.startswith("-os 127.0.0.1:/no/such/export: cannot mount the NFS export domain")
     assert set(tmp.glob("vmshift-export-*")) == before  # mount point removed
+
+
+# ---- through the command line: refused before any slow work --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "names"),
+    [
+        (["-of", "qcow2", "-oa", "preallocated"], ["-of qcow2 -oa preallocated"]),
+        (["--rhv-data-domain-type", "iscsi"], ["-of raw -oa sparse", "ISCSI data domain"]),
+        (["-o", "rhev", "-os", "/nonexistent/export"], ["-os /nonexistent/export"]),
+    ],
+)
+def test_the_command_refuses_before_copying(
+    domain: FakeDomain, tmp_path: Path, extra: list[str], names: list[str]
+) -> None:
+    vm = make_source_vm(tmp_path / "vm")
+    before = domain.everything()
+    args: list[str | Path] = ["-i", "vmx", vm.vmx, "-o", "rhv", "-os", domain.top, *extra]
+    refused(args, sources=vm.files, outdir=None, names=names)
+    assert domain.everything() == before
