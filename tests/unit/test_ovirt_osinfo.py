@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_targets import LINUX
 from vmshift.model.inspection import (
     Bootloader,
     DriverPresence,
@@ -28,25 +29,7 @@ OVIRT_NAMES = {
     if line.strip() and not line.startswith("#")
 }
 
-BASE = OperatingSystem(
-    root="/dev/sda1",
-    type="linux",
-    distro="debian",
-    product_name="",
-    product_variant="",
-    major_version=12,
-    minor_version=0,
-    arch="x86_64",
-    hostname="g",
-    package_format="deb",
-    package_manager="apt",
-    osinfo="",
-    firmware="bios",
-    mountpoints={},
-    filesystems=(),
-    applications=(),
-    foreign_software=(),
-)
+BASE = replace(LINUX, linux=None)
 
 
 def kernel(version: str) -> LinuxKernel:
