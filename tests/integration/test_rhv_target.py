@@ -89,6 +89,7 @@ def test_writes_the_layout_rhv_imports(domain: FakeDomain) -> None:
     assert [d.get(f"{OVF}size") for d in disks] == ["1", "1"]  # GiB, rounded up
     assert [d.get(f"{OVF}capacity") for d in disks] == [str(16 * MIB), str(32 * MIB)]
     assert {d.get(f"{OVF}volume-format") for d in disks} == {"COW"}
+    assert {d.get(f"{OVF}format") for d in disks} == {"COW"}
     assert {d.get(f"{OVF}volume-type") for d in disks} == {"Sparse"}
     assert {d.get(f"{OVF}disk-interface") for d in disks} == {"VirtIO"}
     assert [d.get(f"{OVF}boot") for d in disks] == ["True", "False"]

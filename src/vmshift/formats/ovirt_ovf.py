@@ -26,7 +26,6 @@ NSMAP = {"ovf": OVF_NS, "rasd": RASD_NS, "vssd": VSSD_NS, "xsi": XSI_NS, "ovirt"
 NULL_UUID = "00000000-0000-0000-0000-000000000000"
 GIB = 1 << 30
 DATE_FORMAT = "%Y/%m/%d %H:%M:%S"
-RAW_FORMAT_URL = "http://en.wikipedia.org/wiki/Byte"
 
 
 class Origin(IntEnum):
@@ -185,7 +184,8 @@ def render_ovf(vm: OvirtVm) -> str:
                 _ovf("vm_snapshot_id"): d.snapshot_id,
                 _ovf("volume-format"): d.volume_format,
                 _ovf("volume-type"): d.volume_type,
-                _ovf("format"): RAW_FORMAT_URL,
+                # DMTF wants a URL here; the engine ignores it, and RAW/COW says what it is.
+                _ovf("format"): d.volume_format,
                 _ovf("disk-interface"): d.interface,
                 _ovf("disk-type"): "System",
                 _ovf("boot"): str(d.boot),
