@@ -365,3 +365,15 @@ def test_the_command_refuses_before_copying(
     args: list[str | Path] = ["-i", "vmx", vm.vmx, "-o", "rhv", "-os", domain.top, *extra]
     refused(args, sources=vm.files, outdir=None, names=names)
     assert domain.everything() == before
+
+
+def test_refuses_a_disk_that_is_not_whole_sectors(domain: FakeDomain) -> None:
+    vm = make_vm(disks=1)
+    (disk,) = vm.disks
+    odd = replace(vm, disks=(replace(disk, endpoint=replace(disk.endpoint, virtual_size=1000)),))
+    with pytest.raises(TargetError) as info:
+        RhvTarget(TargetOptions(storage=str(domain.top))).check(odd)
+    assert str(info.value) == (
+        f"disk 1 ({disk.endpoint.uri}): its size, 1000 bytes, is not a whole number of "
+        "512-byte sectors, as RHV volumes are"
+    )

@@ -7,7 +7,6 @@ numbers for origin, BIOS type, display and NIC model. Pure: an OvirtVm in, text 
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -122,7 +121,7 @@ class OvirtVm:
 
 def gib(size: int) -> int:
     """oVirt's DiskSection sizes: whole GiB, rounded up, at least 1."""
-    return max(1, math.ceil(size / GIB))
+    return max(1, -(-size // GIB))
 
 
 def _q(ns: str, name: str) -> str:

@@ -194,6 +194,12 @@ class ExportDomain:
             with contextlib.suppress(OSError):
                 probe.unlink()
 
+    def shown(self, path: Path) -> Path:
+        """path as the user names it: HOST:/PATH/... for a domain this run mounted."""
+        if self._mountpoint is None:
+            return path
+        return Path(f"{self.storage.rstrip('/')}/{path.relative_to(self._mountpoint)}")
+
     def chown(self, path: Path) -> None:
         """Give path (not following symlinks) to vdsm:kvm when ownership says so."""
         if self.ownership.chown_to is None:

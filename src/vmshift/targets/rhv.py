@@ -31,7 +31,7 @@ from vmshift.formats.ovirt_ovf import (
     OvirtVm,
     render_ovf,
 )
-from vmshift.formats.vdsm import VolumeMeta
+from vmshift.formats.vdsm import SECTOR, VolumeMeta
 from vmshift.model.caps import GuestCaps
 from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import Firmware, SourceVM
@@ -127,6 +127,13 @@ class RhvTarget:
             self._opts.format, self._opts.allocation, self._opts.rhv_data_domain_type
         )
         self.name = output_name(self._opts, vm)
+        for n, disk in enumerate(vm.disks, start=1):
+            if disk.endpoint.virtual_size % SECTOR:
+                raise TargetError(
+                    f"disk {n} ({disk.endpoint.uri}): its size, {disk.endpoint.virtual_size} "
+                    f"bytes, is not a whole number of {SECTOR}-byte sectors, as RHV volumes are",
+                    hint="resize a copy with qemu-img resize and convert that",
+                )
         domain = ExportDomain(self._opts.storage)
         domain.open()
         self._domain = domain
@@ -179,6 +186,15 @@ class RhvTarget:
         return outs
 
     def finalize(
+        self, vm: SourceVM, os_: OperatingSystem, caps: GuestCaps, disks: list[OutputDisk]
+    ) -> TargetResult:
+        try:
+            return self._finalize(vm, os_, caps, disks)
+        except OSError as exc:
+            where = exc.filename or self.domain.root
+            raise TargetError(f"{where}: cannot write the guest: {exc.strerror}") from exc
+
+    def _finalize(
         self, vm: SourceVM, os_: OperatingSystem, caps: GuestCaps, disks: list[OutputDisk]
     ) -> TargetResult:
         domain = self.domain
@@ -239,12 +255,14 @@ class RhvTarget:
         shutil.rmtree(self._staging, ignore_errors=True)
         self._staging = None
         warnings = (domain.ownership.warning,) if domain.ownership.warning else ()
-        files = (*[d.final_path for d in disks], final_vm / ovf_path.name)
-        storage = self._opts.storage
+        # Named as the user knows them: on the NFS export, not on the private mount point.
+        files = tuple(
+            domain.shown(p) for p in (*[d.final_path for d in disks], final_vm / ovf_path.name)
+        )
         domain.close()
         return TargetResult(
             name=self.name,
-            description=f"{final_vm / ovf_path.name} in export storage domain {storage} "
+            description=f"{files[-1]} in export storage domain {self._opts.storage} "
             "(import it in RHV: Storage > Domains > the export domain > VM Import)",
             files=files,
             warnings=warnings,
