@@ -12,11 +12,11 @@ until the guest is complete: disks are copied into a hidden staging directory in
 
 from __future__ import annotations
 
-import logging
 import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from xml.sax.saxutils import escape
 
 from vmshift.convert.windows.osdirs import SERVER, guest_kind
 from vmshift.errors import TargetError
@@ -39,8 +39,6 @@ from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult
 from vmshift.targets.export_domain import ExportDomain
 from vmshift.targets.local import check_format_options, output_name
 from vmshift.targets.ovirt_osinfo import osinfo_name
-
-log = logging.getLogger(__name__)
 
 # What RHV data domains can import a volume as (format, allocation); qcow2 preallocated is
 # not a volume kind RHV has at all.
@@ -107,8 +105,6 @@ class RhvTarget:
         self.name = ""
         self.vm_id = ""
         self._staging: Path | None = None
-        self._images: list[str] = []  # IMAGE_UUID per disk
-        self._volumes: list[str] = []  # VOL_UUID per disk
         self._moved: list[Path] = []  # final paths this run made; abort removes them
 
     @property
@@ -151,7 +147,7 @@ class RhvTarget:
                 head = ovf.read_text(encoding="utf-8", errors="replace")
             except OSError:
                 continue
-            if f"<Name>{_xml_text(self.name)}</Name>" in head:
+            if f"<Name>{escape(self.name)}</Name>" in head:
                 raise TargetError(
                     f"{ovf}: the export domain already holds a VM named {self.name!r}",
                     hint="remove it from the export domain, or choose another name with -on",
@@ -172,8 +168,6 @@ class RhvTarget:
             image, volume = str(uuid.uuid4()), str(uuid.uuid4())
             image_dir = staging / "images" / image
             image_dir.mkdir(mode=0o755, parents=True)
-            self._images.append(image)
-            self._volumes.append(volume)
             outs.append(
                 OutputDisk(
                     path=image_dir / volume,
@@ -209,9 +203,9 @@ class RhvTarget:
             ovf_disks.append(self._ovf_disk(i, disk, caps, st.st_blocks * 512))
             meta = VolumeMeta(
                 domain=domain.sd_uuid,
-                image=self._images[i],
+                image=disk.final_path.parent.name,
                 capacity=disk.virtual_size,
-                format="COW" if disk.format == "qcow2" else "RAW",
+                format=_volume_format(disk),
                 allocation="PREALLOCATED" if disk.preallocated else "SPARSE",
                 description=f"{self.name} disk {i + 1}, converted by vmshift",
                 ctime=int(created.timestamp()),
@@ -248,8 +242,8 @@ class RhvTarget:
         domain.chown(vm_dir)
 
         # Images first, the OVF last: RHV must never list a VM whose disks are not all there.
-        for image in self._images:
-            self._move(self._staging / "images" / image, domain.root / "images" / image)
+        for disk in disks:
+            self._move(disk.path.parent, disk.final_path.parent)
         final_vm = domain.root / "master" / "vms" / self.vm_id
         self._move(vm_dir, final_vm)
         shutil.rmtree(self._staging, ignore_errors=True)
@@ -270,12 +264,12 @@ class RhvTarget:
 
     def _ovf_disk(self, i: int, disk: OutputDisk, caps: GuestCaps, actual: int) -> OvfDisk:
         return OvfDisk(
-            image_id=self._images[i],
-            volume_id=self._volumes[i],
+            image_id=disk.final_path.parent.name,
+            volume_id=disk.final_path.name,
             snapshot_id=str(uuid.uuid4()),
             virtual_size=disk.virtual_size,
             actual_size=actual,
-            volume_format="COW" if disk.format == "qcow2" else "RAW",
+            volume_format=_volume_format(disk),
             volume_type="Preallocated" if disk.preallocated else "Sparse",
             interface=DISK_INTERFACES.get(caps.block_bus, "IDE"),
             boot=i == 0,
@@ -329,5 +323,6 @@ def _topology(vm: SourceVM) -> dict[str, int]:
     return {"sockets": topo.sockets, "cores": topo.cores, "threads": topo.threads}
 
 
-def _xml_text(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _volume_format(disk: OutputDisk) -> str:
+    """VDSM's and oVirt's name for the disk's format."""
+    return "COW" if disk.format == "qcow2" else "RAW"
