@@ -20,6 +20,8 @@ DEBS=(
     libarchive-tools xorriso
     # -o rhv -os HOST:/PATH mounts the NFS export storage domain for the run.
     nfs-common
+    # -i libvirt -ip: the tests run a private libvirtd that asks for a SASL login (saslpasswd2).
+    sasl2-bin
 )
 
 missing=()

@@ -14,14 +14,14 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vmshift.blockio.copier import CopyJob, copy_disks
 from vmshift.blockio.imageinfo import ImageInfo
 from vmshift.blockio.overlay import Overlay, SizeEstimate, create_overlay, measure
-from vmshift.blockio.progress import EventSink, StageEvent
+from vmshift.blockio.progress import EventSink, StageEvent, WarningEvent
 from vmshift.convert.base import ConvertOptions, pick_converter
 from vmshift.errors import ConversionError, TargetError
 from vmshift.guest.inspect import inspect_session
@@ -44,8 +44,12 @@ SPACE_MARGIN = 1.02
 class RunOptions:
     out_format: str = "raw"  # -of
     preallocated: bool = False  # -oa preallocated
+    compressed: bool = False  # -oo compressed (qcow2 only)
     convert: ConvertOptions = field(default_factory=ConvertOptions)
-    root: str | None = None  # --root
+    root: str | None = None  # --root: ask, single, first or a device; None means single
+    # --root ask with several operating systems: the caller's way of asking the user; None
+    # (no terminal) makes several operating systems an error that names them.
+    ask_root: Callable[[Sequence[OperatingSystem]], OperatingSystem] | None = None
     workdir_parent: Path | None = None
 
 
@@ -71,21 +75,27 @@ def _label(uri: str) -> str:
     return uri
 
 
-def choose_root(oses: Sequence[OperatingSystem], wanted: str | None) -> OperatingSystem:
-    """The OS to convert: the only one, or the one --root names."""
-    if wanted and wanted not in ("single", "first"):
+def choose_root(
+    oses: Sequence[OperatingSystem],
+    wanted: str | None,
+    ask: Callable[[Sequence[OperatingSystem]], OperatingSystem] | None = None,
+) -> OperatingSystem:
+    """The OS to convert: the only one, the one --root names, or the one the user picks."""
+    if wanted and wanted not in ("ask", "single", "first"):
         for candidate in oses:
             if candidate.root == wanted:
                 return candidate
         roots = ", ".join(o.root for o in oses)
         raise ConversionError(f"--root {wanted}: no such root (found: {roots})")
-    if len(oses) > 1 and wanted != "first":
-        roots = ", ".join(f"{o.root} ({o.product_name})" for o in oses)
-        raise ConversionError(
-            f"the guest has several operating systems: {roots}",
-            hint="pick one with --root DEVICE, or --root first",
-        )
-    return oses[0]
+    if len(oses) == 1 or wanted == "first":
+        return oses[0]
+    if wanted == "ask" and ask is not None:
+        return ask(oses)
+    roots = ", ".join(f"{o.root} ({o.product_name})" for o in oses)
+    hint = "pick one with --root DEVICE, or --root first"
+    if wanted == "ask":
+        hint = "there is no terminal to ask on: " + hint
+    raise ConversionError(f"the guest has several operating systems: {roots}", hint=hint)
 
 
 def check_free_space(outputs: Sequence[OutputDisk], estimates: Sequence[SizeEstimate]) -> None:
@@ -113,6 +123,8 @@ def run_conversion(
     try:
         sink(StageEvent("source", "reading the source"))
         vm = source.open(workdir)
+        for warning in vm.warnings:
+            sink(WarningEvent(warning))
         # Everything that can be refused quickly is refused before the slow work.
         target.check(vm)
         try:
@@ -138,7 +150,7 @@ def _convert_and_copy(
     with open_session(images, readonly=False, labels=labels) as session:
         sink(StageEvent("inspect", "inspecting the guest"))
         oses = inspect_session(session)
-        guest_os = choose_root(oses, opts.root)
+        guest_os = choose_root(oses, opts.root, opts.ask_root)
         what = f"{guest_os.distro} {guest_os.major_version}.{guest_os.minor_version}"
         sink(StageEvent("convert", f"converting {guest_os.type} guest ({what}, {guest_os.root})"))
         caps = pick_converter(guest_os).convert(session, guest_os, vm, opts.convert)
@@ -149,7 +161,9 @@ def _convert_and_copy(
     check_free_space(outputs, estimates)
     sink(StageEvent("copy", "copying disks"))
     jobs = [
-        CopyJob(o, out.path, opts.out_format, opts.preallocated, f"{vm.name}-{o.name}")
+        CopyJob(
+            o, out.path, opts.out_format, opts.preallocated, f"{vm.name}-{o.name}", opts.compressed
+        )
         for o, out in zip(overlays, outputs, strict=True)
     ]
     copy_disks(jobs, sink)

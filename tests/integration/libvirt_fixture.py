@@ -35,11 +35,19 @@ class PrivateLibvirtd:
     uri: str
     root: Path  # the daemon's private tree; world-traversable so the daemon's uid can use it
     uid: int
+    login: tuple[str, str] | None = None  # (user, password) when the socket asks for one
 
     def connect(self) -> Any:
         import libvirt
 
-        return libvirt.open(self.uri)
+        if self.login is None:
+            return libvirt.open(self.uri)
+        from vmshift.libvirt_binding import open_with_password
+
+        user, password = self.login
+        return open_with_password(
+            libvirt, self.uri.replace("://", f"://{user}@", 1), password, readonly=False
+        )
 
     def give(self, path: Path) -> None:
         """Hand a file or directory to the daemon's uid (qemu must open disks read-write)."""
@@ -56,7 +64,9 @@ def _ignore(_ctx: object, _err: object) -> None:
 
 
 @contextlib.contextmanager
-def private_libvirtd() -> Iterator[PrivateLibvirtd]:
+def private_libvirtd(sasl_login: tuple[str, str] | None = None) -> Iterator[PrivateLibvirtd]:
+    """The daemon; with sasl_login (user, password) its socket asks for that login (SASL
+    SCRAM-SHA-256, from a sasldb of its own: SASL_CONF_PATH points the daemon at it)."""
     daemon = _libvirtd()
     if daemon is None:
         pytest.skip("libvirtd is not installed")
@@ -83,6 +93,8 @@ def private_libvirtd() -> Iterator[PrivateLibvirtd]:
     (root / "config" / "libvirt").mkdir()
     # Logs to files instead of a virtlogd the daemon would otherwise spawn and leave behind.
     (root / "config" / "libvirt" / "qemu.conf").write_text('stdio_handler = "file"\n')
+    if sasl_login is not None:
+        _require_sasl(root, env, *sasl_login)
 
     argv = [daemon, "--timeout", IDLE_TIMEOUT]
     uid = os.geteuid()
@@ -96,7 +108,9 @@ def private_libvirtd() -> Iterator[PrivateLibvirtd]:
     proc = subprocess.Popen(
         argv, env=env, cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
     )
-    server = PrivateLibvirtd(uri=f"qemu+unix:///session?socket={socket}", root=root, uid=uid)
+    server = PrivateLibvirtd(
+        uri=f"qemu+unix:///session?socket={socket}", root=root, uid=uid, login=sasl_login
+    )
     try:
         _wait_until_ready(server, proc, root)
         yield server
@@ -104,6 +118,46 @@ def private_libvirtd() -> Iterator[PrivateLibvirtd]:
         _stop(server, proc)
         log.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def dir_pool(server: PrivateLibvirtd, name: str) -> Iterator[tuple[Any, Path]]:
+    """A defined, started directory pool in the daemon's tree, removed afterwards."""
+    name = name.replace("[", "-").replace("]", "")
+    path = server.root / name
+    path.mkdir()
+    server.give(path)
+    conn = server.connect()
+    xml = f"<pool type='dir'><name>{name}</name><target><path>{path}</path></target></pool>"
+    pool = conn.storagePoolDefineXML(xml, 0)
+    pool.create(0)
+    try:
+        yield pool, path
+    finally:
+        with contextlib.suppress(Exception):
+            pool.destroy()
+        pool.undefine()
+        conn.close()
+
+
+def _require_sasl(root: Path, env: dict[str, str], user: str, password: str) -> None:
+    saslpasswd2 = shutil.which("saslpasswd2") or shutil.which("saslpasswd2", path="/usr/sbin")
+    if saslpasswd2 is None:
+        pytest.skip("saslpasswd2 is not installed (sasl2-bin)")
+    sasl = root / "sasl"
+    sasl.mkdir()
+    db = sasl / "passwd.db"
+    subprocess.run(
+        [saslpasswd2, "-f", str(db), "-a", "libvirt", "-c", "-p", user],
+        input=password.encode(),
+        check=True,
+        capture_output=True,
+    )
+    (sasl / "libvirt.conf").write_text(f"mech_list: scram-sha-256\nsasldb_path: {db}\n")
+    (root / "config" / "libvirt" / "libvirtd.conf").write_text(
+        'auth_unix_rw = "sasl"\nauth_unix_ro = "sasl"\n'
+    )
+    env["SASL_CONF_PATH"] = str(sasl)
 
 
 def _wait_until_ready(server: PrivateLibvirtd, proc: subprocess.Popen[bytes], root: Path) -> None:

@@ -7,12 +7,10 @@ source files exactly as they were. Plus `--print-source`, which reads and create
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -22,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import sha256, vmshift
+from tests.ovf_samples import SampleDisk, build_ova, vmware_ovf
 from tests.vmx_samples import two_nic_vmx
 
 pytestmark = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
@@ -143,36 +142,8 @@ def test_vmdk_descriptor_with_a_bad_extent_line(tmp_path: Path, outdir: Path) ->
 # ---- OVA ------------------------------------------------------------------------------------
 
 
-OVF = """<?xml version="1.0" encoding="UTF-8"?>
-<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"
-  xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
-  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData">
-  <References><File ovf:href="bad-disk1.vmdk" ovf:id="file1"/></References>
-  <DiskSection><Info>Virtual disks</Info>
-    <Disk ovf:capacity="16777216" ovf:diskId="vmdisk1" ovf:fileRef="file1"
-      ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
-  </DiskSection>
-  <VirtualSystem ovf:id="bad">
-    <Info>A virtual machine</Info>
-    <Name>bad</Name>
-    <VirtualHardwareSection>
-      <Info>Virtual hardware</Info>
-      <Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType>
-        <rasd:VirtualQuantity>1</rasd:VirtualQuantity></Item>
-      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>
-        <rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType>
-        <rasd:VirtualQuantity>512</rasd:VirtualQuantity></Item>
-      <Item><rasd:Address>0</rasd:Address><rasd:InstanceID>3</rasd:InstanceID>
-        <rasd:ResourceSubType>lsilogic</rasd:ResourceSubType>
-        <rasd:ResourceType>6</rasd:ResourceType></Item>
-      <Item><rasd:AddressOnParent>0</rasd:AddressOnParent>
-        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>
-        <rasd:InstanceID>4</rasd:InstanceID><rasd:Parent>3</rasd:Parent>
-        <rasd:ResourceType>17</rasd:ResourceType></Item>
-    </VirtualHardwareSection>
-  </VirtualSystem>
-</Envelope>
-"""
+# A one-disk VMware export named "bad", without a firmware key (tests/ovf_samples.py).
+OVF = vmware_ovf([SampleDisk("bad-disk1.vmdk", capacity=16 * MIB)], name="bad", config={})
 
 
 @pytest.fixture(scope="module")
@@ -190,19 +161,10 @@ def _sha256_line(name: str, data: bytes) -> str:
     return f"SHA256({name})= {hashlib.sha256(data).hexdigest()}\n"
 
 
-def build_ova(path: Path, members: Sequence[tuple[str, bytes]]) -> Path:
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
-
-
 def test_ova_with_a_wrong_manifest_checksum(
     tmp_path: Path, outdir: Path, stream_vmdk: bytes
 ) -> None:
-    ovf = OVF.encode()
+    ovf = OVF
     wrong = stream_vmdk + b"\0"  # the checksum of something else
     mf = (_sha256_line("bad.ovf", ovf) + _sha256_line("bad-disk1.vmdk", wrong)).encode()
     ova = build_ova(
@@ -217,7 +179,7 @@ def test_ova_with_a_wrong_manifest_checksum(
 
 
 def test_ova_whose_manifest_misses_a_file(tmp_path: Path, outdir: Path, stream_vmdk: bytes) -> None:
-    ovf = OVF.encode()
+    ovf = OVF
     mf = _sha256_line("bad.ovf", ovf).encode()  # the disk's checksum is not there
     ova = build_ova(
         tmp_path / "bad.ova", [("bad.ovf", ovf), ("bad.mf", mf), ("bad-disk1.vmdk", stream_vmdk)]
@@ -238,7 +200,7 @@ def test_ova_whose_manifest_misses_a_file(tmp_path: Path, outdir: Path, stream_v
 def test_ova_member_escaping_the_archive(
     tmp_path: Path, outdir: Path, stream_vmdk: bytes, member: str, why: str
 ) -> None:
-    ovf = OVF.encode()
+    ovf = OVF
     mf = (_sha256_line("bad.ovf", ovf) + _sha256_line("bad-disk1.vmdk", stream_vmdk)).encode()
     ova = build_ova(
         tmp_path / "bad.ova",

@@ -14,14 +14,11 @@ working directory, --workdir and output directory, so the runs cannot see each o
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import os
 import re
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +32,7 @@ from lxml import etree
 from tests.conftest import sha256
 from tests.guests.manifest import BuiltGuest
 from tests.integration.libvirt_fixture import PrivateLibvirtd, private_libvirtd
+from tests.ovf_samples import SampleDisk, build_ova, manifest, vmware_ovf
 from tests.vmx_samples import two_nic_vmx
 
 pytestmark = pytest.mark.slow
@@ -46,45 +44,6 @@ NETWORK_OPTIONS = ("--network", "VM Network:default", "--bridge", "Backup Networ
 # ---- the sources: one phony guest, three ways ----------------------------------------------
 
 VMX = two_nic_vmx("mx-vmx", "mx-vmx.vmdk")
-
-OVF = """<?xml version="1.0" encoding="UTF-8"?>
-<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"
-  xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
-  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
-  xmlns:vmw="http://www.vmware.com/schema/ovf">
-  <References><File ovf:href="mx-ova-disk1.vmdk" ovf:id="file1" ovf:size="{size}"/></References>
-  <DiskSection><Info>Virtual disk information</Info>
-    <Disk ovf:capacity="{capacity}" ovf:diskId="vmdisk1" ovf:fileRef="file1"
-      ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>
-  </DiskSection>
-  <VirtualSystem ovf:id="mx-ova">
-    <Info>A virtual machine</Info>
-    <Name>mx-ova</Name>
-    <OperatingSystemSection ovf:id="80" vmw:osType="rhel9_64Guest"><Info>os</Info>
-    </OperatingSystemSection>
-    <VirtualHardwareSection>
-      <Info>Virtual hardware requirements</Info>
-      <Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType>
-        <rasd:VirtualQuantity>2</rasd:VirtualQuantity>
-        <vmw:CoresPerSocket ovf:required="false">2</vmw:CoresPerSocket></Item>
-      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>
-        <rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType>
-        <rasd:VirtualQuantity>1024</rasd:VirtualQuantity></Item>
-      <Item><rasd:Address>0</rasd:Address><rasd:InstanceID>3</rasd:InstanceID>
-        <rasd:ResourceSubType>VirtualSCSI</rasd:ResourceSubType>
-        <rasd:ResourceType>6</rasd:ResourceType></Item>
-      <Item><rasd:AddressOnParent>0</rasd:AddressOnParent>
-        <rasd:HostResource>ovf:/disk/vmdisk1</rasd:HostResource>
-        <rasd:InstanceID>4</rasd:InstanceID><rasd:Parent>3</rasd:Parent>
-        <rasd:ResourceType>17</rasd:ResourceType></Item>
-      <Item><rasd:Address>00:50:56:12:34:56</rasd:Address>
-        <rasd:Connection>VM Network</rasd:Connection><rasd:InstanceID>5</rasd:InstanceID>
-        <rasd:ResourceSubType>VmxNet3</rasd:ResourceSubType>
-        <rasd:ResourceType>10</rasd:ResourceType></Item>
-    </VirtualHardwareSection>
-  </VirtualSystem>
-</Envelope>
-"""
 
 DOMAIN = """\
 <domain type='kvm'>
@@ -156,17 +115,19 @@ def matrix_guests(
     _qemu_img("convert", "-O", "vmdk", "-o", "subformat=streamOptimized", disk, stream)
     data = stream.read_bytes()
     stream.unlink()
-    ovf = OVF.format(size=len(data), capacity=size).encode()
-    mf = "".join(
-        f"SHA256({name})= {hashlib.sha256(content).hexdigest()}\n"
-        for name, content in (("mx-ova.ovf", ovf), ("mx-ova-disk1.vmdk", data))
-    ).encode()
-    ova = root / "mx-ova.ova"
-    with tarfile.open(ova, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, content in (("mx-ova.ovf", ovf), ("mx-ova.mf", mf), ("mx-ova-disk1.vmdk", data)):
-            member = tarfile.TarInfo(name)
-            member.size = len(content)
-            tar.addfile(member, io.BytesIO(content))
+    ovf = vmware_ovf(
+        [SampleDisk("mx-ova-disk1.vmdk", f'ovf:size="{len(data)}"', capacity=size)],
+        name="mx-ova",
+        cores_per_socket=2,
+        os_id=80,
+        os_type="rhel9_64Guest",
+        config={},
+    )
+    files = {"mx-ova.ovf": ovf, "mx-ova-disk1.vmdk": data}
+    ova = build_ova(
+        root / "mx-ova.ova",
+        {"mx-ova.ovf": ovf, "mx-ova.mf": manifest(files), "mx-ova-disk1.vmdk": data},
+    )
 
     xml_dir = root / "libvirtxml"
     xml_dir.mkdir()

@@ -1,5 +1,7 @@
 """-i ova against real OVAs built here: a streamOptimized VMDK with known data, an OVF, a
-manifest, tarred the way ovftool does it (descriptor first), and broken or hostile variants.
+manifest, tarred the way ovftool does it (descriptor first) or zipped, the quirks of real
+exports virt-v2v reads (snapshot files, per-disk manifests, stray manifest lines, wrong
+ovf:size), and broken or hostile variants.
 
 Every open() is checked to leave the OVA byte-for-byte as it was, and every disk is read back
 through its endpoint by qemu, both directly and through the qcow2 overlay the pipeline puts on
@@ -9,22 +11,23 @@ top of it.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
-import logging
 import shutil
+import stat
 import struct
 import subprocess
 import tarfile
+import warnings
 import zipfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import sha256
+from tests.ovf_samples import SampleDisk as Disk
+from tests.ovf_samples import build_ova, build_zip_ova, manifest, vmware_ovf
 from vmshift.blockio.overlay import create_overlay
 from vmshift.errors import DiskImageError, SourceError
 from vmshift.model.vm import Controller, DiskEndpoint, Firmware, Nic, SourceVM
@@ -64,81 +67,6 @@ def vmdk(tmp_path_factory: pytest.TempPathFactory) -> bytes:
         work / "disk.vmdk",
     )
     return (work / "disk.vmdk").read_bytes()
-
-
-@dataclass(frozen=True)
-class Disk:
-    href: str
-    file_attrs: str = ""  # extra ovf: attributes of its References/File
-    capacity: int = DISK_SIZE
-
-
-def vmware_ovf(disks: Sequence[Disk], *, name: str = "web01") -> bytes:
-    files = "".join(
-        f'<File ovf:href="{d.href}" ovf:id="file{i}" {d.file_attrs}/>' for i, d in enumerate(disks)
-    )
-    disk_section = "".join(
-        f'<Disk ovf:capacity="{d.capacity}" ovf:diskId="vmdisk{i}" ovf:fileRef="file{i}" '
-        'ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>'
-        for i, d in enumerate(disks)
-    )
-    items = "".join(
-        f"<Item><rasd:AddressOnParent>{i}</rasd:AddressOnParent>"
-        f"<rasd:HostResource>ovf:/disk/vmdisk{i}</rasd:HostResource>"
-        f"<rasd:InstanceID>{10 + i}</rasd:InstanceID><rasd:Parent>3</rasd:Parent>"
-        "<rasd:ResourceType>17</rasd:ResourceType></Item>"
-        for i in range(len(disks))
-    )
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1"
-  xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
-  xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
-  xmlns:vmw="http://www.vmware.com/schema/ovf">
-  <References>{files}</References>
-  <DiskSection><Info>Virtual disk information</Info>{disk_section}</DiskSection>
-  <VirtualSystem ovf:id="{name}">
-    <Info>A virtual machine</Info>
-    <Name>{name}</Name>
-    <OperatingSystemSection ovf:id="96" vmw:osType="debian11_64Guest"><Info>os</Info>
-    </OperatingSystemSection>
-    <VirtualHardwareSection>
-      <Info>Virtual hardware requirements</Info>
-      <Item><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType>
-        <rasd:VirtualQuantity>2</rasd:VirtualQuantity></Item>
-      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits>
-        <rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType>
-        <rasd:VirtualQuantity>1024</rasd:VirtualQuantity></Item>
-      <Item><rasd:Address>0</rasd:Address><rasd:InstanceID>3</rasd:InstanceID>
-        <rasd:ResourceSubType>VirtualSCSI</rasd:ResourceSubType>
-        <rasd:ResourceType>6</rasd:ResourceType></Item>
-      {items}
-      <Item><rasd:Address>00:50:56:12:34:56</rasd:Address>
-        <rasd:Connection>VM Network</rasd:Connection><rasd:InstanceID>5</rasd:InstanceID>
-        <rasd:ResourceSubType>VmxNet3</rasd:ResourceSubType>
-        <rasd:ResourceType>10</rasd:ResourceType></Item>
-      <vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="efi"/>
-    </VirtualHardwareSection>
-  </VirtualSystem>
-</Envelope>
-""".encode()
-
-
-def manifest(files: dict[str, bytes], alg: str = "sha256", *, spaced: bool = False) -> bytes:
-    sep = ("{} ({}) = {}\n", "{}({})= {}\n")[not spaced]
-    return "".join(
-        sep.format(alg.upper(), name, hashlib.new(alg, data).hexdigest())
-        for name, data in files.items()
-    ).encode()
-
-
-def build_ova(path: Path, members: dict[str, bytes], *, fmt: int = tarfile.USTAR_FORMAT) -> Path:
-    """Tar members in the order given (the OVF first, as the OVF spec asks)."""
-    with tarfile.open(path, "w", format=fmt) as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return path
 
 
 def standard_ova(tmp: Path, vmdk: bytes, *, alg: str = "sha256", spaced: bool = False) -> Path:
@@ -210,6 +138,8 @@ def read_through_overlay(endpoint: DiskEndpoint, tmp: Path) -> bytes:
 
 
 UNWRITTEN = EXPECTED[: 4 * MiB] + EXPECTED[4 * MiB + 65536 :]
+QCOW2_URL = "http://www.gnome.org/~markmc/qcow-image-format.html"
+RAW_URL = "http://en.wikipedia.org/wiki/Byte"
 
 
 # --- OVAs that open ----------------------------------------------------------------------------
@@ -220,8 +150,9 @@ def test_sha256_manifest_disk_read_in_place(tmp_path: Path, vmdk: bytes) -> None
     vm = open_source(ova, tmp_path)
     assert (vm.name, vm.memory, vm.vcpus, vm.firmware) == ("web01", 1 << 30, 2, Firmware.UEFI)
     assert (vm.origin, vm.source_file, vm.os_hint) == ("vmware", str(ova), "debian11_64Guest")
-    assert vm.nics == (Nic("00:50:56:12:34:56", "vmxnet3", "VM Network"),)
+    assert vm.nics == (Nic("00:50:56:12:34:56", "vmxnet3", "VM Network", "bridge"),)
     assert vm.extra["manifest"] == "verified"
+    assert (vm.warnings, vm.genid, vm.secure_boot) == ((), None, False)
     (disk,) = vm.disks
     assert (disk.controller, disk.controller_model, disk.bus, disk.unit, disk.name) == (
         Controller.SCSI,
@@ -313,9 +244,7 @@ def test_gzip_compressed_tar(tmp_path: Path, vmdk: bytes) -> None:
     assert read_back(vm.disks[0].endpoint, tmp_path) == EXPECTED
 
 
-def test_virtualbox_without_manifest(
-    tmp_path: Path, vmdk: bytes, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_virtualbox_without_manifest(tmp_path: Path, vmdk: bytes) -> None:
     # A name past ustar's 100 bytes puts a PAX header before the data: offsets must allow for it.
     disk = "deb12-" + "x" * 120 + "-disk001.vmdk"
     ovf = vmware_ovf([Disk(disk)], name="deb12").replace(
@@ -324,10 +253,9 @@ def test_virtualbox_without_manifest(
         b"</vbox:Machine></VirtualSystem>",
     )
     ova = build_ova(tmp_path / "deb12.ova", {"deb12.ovf": ovf, disk: vmdk}, fmt=tarfile.PAX_FORMAT)
-    with caplog.at_level(logging.WARNING, logger="vmshift.sources.ova"):
-        vm = open_source(ova, tmp_path)
+    vm = open_source(ova, tmp_path)
     assert (vm.origin, vm.extra["manifest"]) == ("virtualbox", "absent")
-    assert "no manifest" in caplog.text
+    assert vm.warnings == (f"{ova}: no manifest (.mf); checksums cannot be checked",)
     assert read_back(vm.disks[0].endpoint, tmp_path) == EXPECTED
 
 
@@ -372,10 +300,15 @@ def test_disk_missing_from_manifest(tmp_path: Path, vmdk: bytes) -> None:
 
 
 def test_manifest_lists_a_missing_file(tmp_path: Path, vmdk: bytes) -> None:
+    # As virt-v2v: a warning (VMware lists files its OVAs lack), every other line verified.
     ovf = vmware_ovf([Disk("d.vmdk")])
     mf = manifest({"vm.ovf": ovf, "d.vmdk": vmdk, "gone.nvram": b"x"})
     ova = build_ova(tmp_path / "vm.ova", {"vm.ovf": ovf, "vm.mf": mf, "d.vmdk": vmdk})
-    refused(ova, tmp_path, "gone.nvram", "not in the OVA")
+    vm = open_source(ova, tmp_path)
+    assert vm.warnings == (
+        f"{ova}: the manifest vm.mf lists gone.nvram, which is not in the OVA (ignored)",
+    )
+    assert read_back(vm.disks[0].endpoint, tmp_path) == EXPECTED
 
 
 def test_ovf_refers_to_a_missing_disk(tmp_path: Path, vmdk: bytes) -> None:
@@ -391,10 +324,66 @@ def test_href_outside_the_package(tmp_path: Path, vmdk: bytes, href: str) -> Non
     refused(ova, tmp_path, repr(href), "outside the package")
 
 
-def test_size_differs_from_the_ovf(tmp_path: Path, vmdk: bytes) -> None:
-    ovf = vmware_ovf([Disk("d.vmdk", f'ovf:size="{len(vmdk) + 512}"')])
-    ova = build_ova(tmp_path / "vm.ova", {"vm.ovf": ovf, "d.vmdk": vmdk})
-    refused(ova, tmp_path, "d.vmdk", f"the OVF says {len(vmdk) + 512}")
+@pytest.mark.parametrize("delta", [512, -512, 1])
+def test_wrong_ovf_size_of_a_whole_image_is_a_warning(
+    tmp_path: Path, vmdk: bytes, delta: int
+) -> None:
+    ovf = vmware_ovf([Disk("d.vmdk", f'ovf:size="{len(vmdk) + delta}"')])
+    files = {"vm.ovf": ovf, "d.vmdk": vmdk}
+    ova = build_ova(tmp_path / "vm.ova", {"vm.ovf": ovf, "vm.mf": manifest(files), **files})
+    vm = open_source(ova, tmp_path)
+    assert vm.warnings == (
+        f"{ova}: d.vmdk: {len(vmdk)} bytes, but the OVF says {len(vmdk) + delta}; the image "
+        "itself is whole, so the OVF's size is ignored",
+    )
+    assert read_back(vm.disks[0].endpoint, tmp_path) == EXPECTED
+
+
+def test_truncated_stream_vmdk_is_refused(tmp_path: Path, vmdk: bytes) -> None:
+    # A download cut short after its last grain: the tar around it is sound, the OVF's size is
+    # the whole file's, and only the missing end-of-stream marker tells.
+    end = (max(i for i, b in enumerate(vmdk) if b) // 512 + 1) * 512
+    ovf = vmware_ovf([Disk("d.vmdk", f'ovf:size="{len(vmdk)}"')])
+    ova = build_ova(tmp_path / "vm.ova", {"vm.ovf": ovf, "d.vmdk": vmdk[:end]})
+    refused(ova, tmp_path, "d.vmdk", "end-of-stream marker", "truncated", error=DiskImageError)
+
+
+def test_truncated_sparse_vmdk_is_refused(tmp_path: Path) -> None:
+    image = tmp_path / "d.vmdk"
+    _run("qemu-img", "create", "-q", "-f", "vmdk", image, str(DISK_SIZE))
+    _run("qemu-io", "-f", "vmdk", "-c", "write -P 0xcd 0 1M", image)  # its last grain is data
+    data = image.read_bytes()
+    ovf = vmware_ovf([Disk("d.vmdk", f'ovf:size="{len(data)}"')])
+    ova = build_ova(tmp_path / "vm.ova", {"vm.ovf": ovf, "d.vmdk": data[:-512]})
+    refused(ova, tmp_path, "d.vmdk", "past its end", "truncated", error=DiskImageError)
+
+
+@pytest.mark.parametrize("cut", [0, 512])
+def test_raw_image_with_a_wrong_ovf_size(tmp_path: Path, cut: int) -> None:
+    data = EXPECTED[: DISK_SIZE - cut]
+    ovf = vmware_ovf([Disk("d.img", f'ovf:size="{DISK_SIZE + 1}"', format_url=RAW_URL)])
+    files = {"vm.ovf": ovf, "d.img": data}
+    ova = build_ova(tmp_path / "vm.ova", {**files, "vm.mf": manifest(files)})
+    if cut:
+        refused(ova, tmp_path, "d.img", "truncated", error=DiskImageError)
+    else:
+        vm = open_source(ova, tmp_path)
+        assert [w.split(": ", 1)[1] for w in vm.warnings] == [
+            f"d.img: {DISK_SIZE} bytes, but the OVF says {DISK_SIZE + 1}; the image itself is "
+            "whole, so the OVF's size is ignored"
+        ]
+        assert read_back(vm.disks[0].endpoint, tmp_path) == EXPECTED
+
+
+@pytest.mark.parametrize(("cut", "words"), [(512, "past its end"), (65536, "damaged")])
+def test_truncated_qcow2_is_refused(tmp_path: Path, cut: int, words: str) -> None:
+    image = tmp_path / "d.qcow2"
+    _run("qemu-img", "create", "-q", "-f", "qcow2", image, str(DISK_SIZE))
+    _run("qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 0 2M", image)  # data to its last cluster
+    data = image.read_bytes()
+    ovf = vmware_ovf([Disk("d.qcow2", f'ovf:size="{len(data)}"', format_url=QCOW2_URL)])
+    ova = build_ova(tmp_path / "vm.ova", {"vm.ovf": ovf, "d.qcow2": data[:-cut]})
+    refused(ova, tmp_path, "d.qcow2", words, "truncated", error=DiskImageError)
 
 
 def _member(name: str, kind: bytes, link: str = "") -> Callable[[tarfile.TarFile], None]:
@@ -476,13 +465,6 @@ def test_not_a_tar(tmp_path: Path, content: bytes, words: str) -> None:
     refused(ova, tmp_path, words)
 
 
-def test_zip_is_refused_with_a_hint(tmp_path: Path, vmdk: bytes) -> None:
-    ova = tmp_path / "vm.ova"
-    with zipfile.ZipFile(ova, "w") as z:
-        z.writestr("vm.ovf", vmware_ovf([Disk("d.vmdk")]))
-    assert "unzip" in (refused(ova, tmp_path, "zip archive").hint or "")
-
-
 def test_no_or_several_descriptors(tmp_path: Path, vmdk: bytes) -> None:
     ova = build_ova(tmp_path / "none.ova", {"d.vmdk": vmdk})
     refused(ova, tmp_path, "no OVF descriptor")
@@ -548,3 +530,274 @@ def test_disks_that_reach_outside_are_refused(
         tmp_path / "vm.ova", {"vm.ovf": vmware_ovf([Disk("d.vmdk")]), "d.vmdk": make(vmdk)}
     )
     refused(ova, tmp_path, "d.vmdk", words, error=DiskImageError)
+
+
+# --- what VMware and other exporters write, read as virt-v2v reads it -------------------------
+
+
+def test_vmware_snapshot_files_stand_in_for_the_named_disk(tmp_path: Path, vmdk: bytes) -> None:
+    # The OVF names web01-disk1.vmdk; the OVA holds only its snapshot files. The highest number
+    # is read; a look-alike of another name is not.
+    ovf = vmware_ovf([Disk("web01-disk1.vmdk")])
+    files = {
+        "web01.ovf": ovf,
+        "web01-disk1.vmdk.000000000": b"an older state, not a disk image",
+        "web01-disk1.vmdk.000000001": vmdk,
+        "xweb01-disk1.vmdk.000000002": b"another file",
+    }
+    ova = build_ova(tmp_path / "snap.ova", {"web01.ovf": ovf, "web01.mf": manifest(files), **files})
+    vm = open_source(ova, tmp_path)
+    assert vm.warnings == ()
+    assert read_back(vm.disks[0].endpoint, tmp_path) == EXPECTED
+
+
+def test_snapshot_file_when_the_manifest_lists_the_absent_name(tmp_path: Path, vmdk: bytes) -> None:
+    # What RHBZ#1570407 reported: the manifest lists disk1.vmdk, the OVA holds disk1.vmdk.N.
+    ovf = vmware_ovf([Disk("disk1.vmdk")])
+    mf = manifest({"vm.ovf": ovf, "disk1.vmdk": vmdk})
+    ova = build_ova(
+        tmp_path / "snap.ova", {"vm.ovf": ovf, "vm.mf": mf, "disk1.vmdk.000000009": vmdk}
+    )
+    vm = open_source(ova, tmp_path)
+    assert vm.warnings == (
+        f"{ova}: the manifest vm.mf lists disk1.vmdk, which is not in the OVA (ignored)",
+        f"{ova}: disk1.vmdk.000000009 is read for disk1.vmdk, which a manifest lists but the OVA "
+        "lacks (a VMware snapshot file); its checksum cannot be checked",
+    )
+    assert read_back(vm.disks[0].endpoint, tmp_path) == EXPECTED
+
+
+def test_snapshot_file_in_no_manifest_is_refused(tmp_path: Path, vmdk: bytes) -> None:
+    ovf = vmware_ovf([Disk("disk1.vmdk")])
+    mf = manifest({"vm.ovf": ovf})
+    ova = build_ova(
+        tmp_path / "snap.ova", {"vm.ovf": ovf, "vm.mf": mf, "disk1.vmdk.000000001": vmdk}
+    )
+    refused(ova, tmp_path, "disk1.vmdk.000000001", "not listed in the manifest")
+
+
+def test_unparsable_manifest_lines_are_warnings(tmp_path: Path, vmdk: bytes) -> None:
+    ovf = vmware_ovf([Disk("d.vmdk")])
+    good = manifest({"vm.ovf": ovf, "d.vmdk": vmdk})
+    mf = b"MD5(d.vmdk)= 0123\n" + good + b"# exported by hand\n"
+    ova = build_ova(tmp_path / "vm.ova", {"vm.ovf": ovf, "vm.mf": mf, "d.vmdk": vmdk})
+    vm = open_source(ova, tmp_path)
+    assert vm.warnings == (
+        f"{ova}: vm.mf: line 1 is not a checksum vmshift can read (ignored): 'MD5(d.vmdk)= 0123'",
+        f"{ova}: vm.mf: line 4 is not a checksum vmshift can read (ignored): '# exported by hand'",
+    )
+    assert vm.extra["manifest"] == "verified"
+
+
+def test_unparsable_lines_do_not_excuse_a_wrong_digest(tmp_path: Path, vmdk: bytes) -> None:
+    ovf = vmware_ovf([Disk("d.vmdk")])
+    mf = b"garbage\n" + manifest({"vm.ovf": ovf, "d.vmdk": vmdk + b"x"})
+    ova = build_ova(tmp_path / "vm.ova", {"vm.ovf": ovf, "vm.mf": mf, "d.vmdk": vmdk})
+    refused(ova, tmp_path, "d.vmdk", "SHA256 checksum does not match the manifest vm.mf")
+
+
+def test_many_unparsable_lines_are_counted(tmp_path: Path, vmdk: bytes) -> None:
+    ovf = vmware_ovf([Disk("d.vmdk")])
+    mf = b"junk\n" * 8 + manifest({"vm.ovf": ovf, "d.vmdk": vmdk})
+    ova = build_ova(tmp_path / "vm.ova", {"vm.ovf": ovf, "vm.mf": mf, "d.vmdk": vmdk})
+    vm = open_source(ova, tmp_path)
+    assert len(vm.warnings) == 6
+    assert (
+        vm.warnings[-1]
+        == f"{ova}: vm.mf: 3 more lines are not checksums vmshift can read (ignored)"
+    )
+
+
+def test_one_manifest_per_disk(tmp_path: Path, vmdk: bytes) -> None:
+    ovf = vmware_ovf([Disk("disk-a.vmdk"), Disk("disk-b.vmdk")])
+    members = {
+        "vm.ovf": ovf,
+        "vm.mf": manifest({"vm.ovf": ovf}),
+        "disk-a.mf": manifest({"disk-a.vmdk": vmdk}, "sha1"),
+        "disk-b.mf": manifest({"disk-b.vmdk": vmdk}, "sha512"),
+        "disk-a.vmdk": vmdk,
+        "disk-b.vmdk": vmdk,
+    }
+    vm = open_source(build_ova(tmp_path / "vm.ova", members), tmp_path)
+    assert (vm.warnings, vm.extra["manifest"]) == ((), "verified")
+    assert [read_back(d.endpoint, tmp_path) == EXPECTED for d in vm.disks] == [True, True]
+
+
+def test_every_manifest_is_verified(tmp_path: Path, vmdk: bytes) -> None:
+    ovf = vmware_ovf([Disk("disk-a.vmdk"), Disk("disk-b.vmdk")])
+    members = {
+        "vm.ovf": ovf,
+        "vm.mf": manifest({"vm.ovf": ovf, "disk-a.vmdk": vmdk}),
+        "disk-b.mf": manifest({"disk-b.vmdk": vmdk[:-1]}),
+        "disk-a.vmdk": vmdk,
+        "disk-b.vmdk": vmdk,
+    }
+    ova = build_ova(tmp_path / "vm.ova", members)
+    refused(ova, tmp_path, "disk-b.vmdk", "checksum does not match the manifest disk-b.mf")
+
+
+def test_vmx_keys_genid_and_secure_boot(tmp_path: Path, vmdk: bytes) -> None:
+    ovf = vmware_ovf(
+        [Disk("d.vmdk")],
+        config={"firmware": "efi", "bootOptions.efiSecureBootEnabled": "true"},
+        extra_config={"vm.genid": "-8536374250620066363", "vm.genidX": "1365420504334508194"},
+    )
+    files = {"vm.ovf": ovf, "d.vmdk": vmdk}
+    vm = open_source(build_ova(tmp_path / "vm.ova", {**files, "vm.mf": manifest(files)}), tmp_path)
+    assert (vm.firmware, vm.secure_boot) == (Firmware.UEFI, True)
+    assert vm.genid == "c1ffe5c5-b4d8-8988-a2a0-e4e1b6f2f212"
+    assert "secure_boot" not in vm.extra
+    assert vm.warnings == ()
+
+
+def test_unparsable_genid_is_a_warning(tmp_path: Path, vmdk: bytes) -> None:
+    ovf = vmware_ovf([Disk("d.vmdk")], extra_config={"vm.genid": "1", "vm.genidX": "high"})
+    files = {"vm.ovf": ovf, "d.vmdk": vmdk}
+    ova = build_ova(tmp_path / "vm.ova", {**files, "vm.mf": manifest(files)})
+    vm = open_source(ova, tmp_path)
+    assert vm.genid is None
+    assert vm.warnings == (
+        f'{ova}: vm.ovf: vm.genidX "high" is not a signed 64-bit number; the VM generation id '
+        "is not carried over",
+    )
+
+
+# --- zip OVAs -----------------------------------------------------------------------------------
+
+
+def _zip_data_offset(ova: Path, name: str) -> int:
+    with zipfile.ZipFile(ova) as z:
+        info = z.getinfo(name)
+    with ova.open("rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+    name_len, extra_len = struct.unpack_from("<HH", header, 26)
+    return int(info.header_offset) + 30 + int(name_len) + int(extra_len)
+
+
+def test_zip_stored_disk_read_in_place(tmp_path: Path, vmdk: bytes) -> None:
+    ovf = vmware_ovf([Disk("web01-disk1.vmdk", f'ovf:size="{len(vmdk)}"')])
+    files = {"web01.ovf": ovf, "web01-disk1.vmdk": vmdk}
+    ova = build_zip_ova(
+        tmp_path / "web01.ova", {"web01.ovf": ovf, "web01.mf": manifest(files), **files}
+    )
+    vm = open_source(ova, tmp_path)
+    assert (vm.name, vm.extra["manifest"], vm.warnings) == ("web01", "verified", ())
+    (disk,) = vm.disks
+    spec = json.loads(disk.endpoint.uri.removeprefix("json:"))
+    assert spec == {
+        "file": {
+            "driver": "raw",
+            "offset": _zip_data_offset(ova, "web01-disk1.vmdk"),
+            "size": len(vmdk),
+            "file": {"driver": "file", "filename": str(ova.resolve()), "read-only": True},
+        }
+    }
+    assert not any((tmp_path / "work").iterdir()), "nothing should be copied into workdir"
+    assert read_back(disk.endpoint, tmp_path) == EXPECTED
+    assert read_through_overlay(disk.endpoint, tmp_path) == UNWRITTEN
+
+
+def test_zip_deflated_disk_inflated_into_workdir(tmp_path: Path, vmdk: bytes) -> None:
+    # Zipped with its folder, as a "send to compressed folder" does; hrefs are OVF-relative.
+    ovf = vmware_ovf([Disk("disk1.vmdk")])
+    files = {"vm.ovf": ovf, "disk1.vmdk": vmdk}
+    members = {f"vm/{n}": d for n, d in {"vm.ovf": ovf, "vm.mf": manifest(files), **files}.items()}
+    ova = build_zip_ova(tmp_path / "vm.ova", members, compression=zipfile.ZIP_DEFLATED)
+    vm = open_source(ova, tmp_path)
+    (disk,) = vm.disks
+    assert Path(disk.endpoint.uri).parent == tmp_path / "work"
+    assert Path(disk.endpoint.uri).read_bytes() == vmdk
+    assert read_through_overlay(disk.endpoint, tmp_path) == UNWRITTEN
+
+
+def test_zip_wrong_checksum(tmp_path: Path, vmdk: bytes) -> None:
+    ovf = vmware_ovf([Disk("d.vmdk")])
+    mf = manifest({"vm.ovf": ovf, "d.vmdk": vmdk[::-1]})
+    for compression in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        ova = build_zip_ova(
+            tmp_path / f"vm{compression}.ova",
+            {"vm.ovf": ovf, "vm.mf": mf, "d.vmdk": vmdk},
+            compression=compression,
+        )
+        refused(ova, tmp_path, "d.vmdk", "SHA256 checksum does not match")
+
+
+def _zip_entry(name: str, mode: int = 0) -> Callable[[zipfile.ZipFile], None]:
+    def add(z: zipfile.ZipFile) -> None:
+        info = zipfile.ZipInfo(name)
+        if mode:
+            info.create_system, info.external_attr = 3, mode << 16
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zipfile's "Duplicate name" is the point here
+            z.writestr(info, b"/etc/shadow" if stat.S_ISLNK(mode) else b"pwned\n")
+
+    return add
+
+
+@pytest.mark.parametrize(
+    ("add", "words"),
+    [
+        (_zip_entry("../evil"), "'../evil' has a '..' component"),
+        (_zip_entry("/abs"), "'/abs' has an absolute path"),
+        (_zip_entry("dir\\evil"), "unusable name"),
+        (_zip_entry("link.vmdk", stat.S_IFLNK | 0o777), "is a link"),
+        (_zip_entry("sda", stat.S_IFBLK | 0o600), "device"),
+        (_zip_entry("pipe", stat.S_IFIFO | 0o600), "device, FIFO"),
+        (_zip_entry("web01.ovf"), "appears twice"),
+    ],
+)
+def test_unsafe_zip_members(
+    tmp_path: Path, vmdk: bytes, add: Callable[[zipfile.ZipFile], None], words: str
+) -> None:
+    ovf = vmware_ovf([Disk("web01-disk1.vmdk")])
+    files = {"web01.ovf": ovf, "web01-disk1.vmdk": vmdk}
+    ova = build_zip_ova(tmp_path / "web01.ova", {"web01.mf": manifest(files), **files})
+    with zipfile.ZipFile(ova, "a") as z:
+        add(z)
+    refused(ova, tmp_path, "refusing OVA", words)
+    assert not any((tmp_path / "work").iterdir())
+    assert not (tmp_path / "evil").exists() and not Path("/abs").exists()
+
+
+def test_encrypted_zip_member(tmp_path: Path, vmdk: bytes) -> None:
+    ovf = vmware_ovf([Disk("d.vmdk")])
+    data = bytearray(
+        build_zip_ova(tmp_path / "vm.ova", {"vm.ovf": ovf, "d.vmdk": vmdk}).read_bytes()
+    )
+    # Set the "encrypted" flag of the last member (d.vmdk) in both its headers.
+    for signature, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        header = data.rindex(signature)
+        data[header + at] |= 1
+    ova = tmp_path / "vm.ova"
+    ova.write_bytes(data)
+    refused(ova, tmp_path, "refusing OVA", "'d.vmdk' is encrypted")
+
+
+def test_truncated_zip(tmp_path: Path, vmdk: bytes) -> None:
+    ova = build_zip_ova(
+        tmp_path / "vm.ova", {"vm.ovf": vmware_ovf([Disk("d.vmdk")]), "d.vmdk": vmdk}
+    )
+    with ova.open("r+b") as f:
+        f.truncate(ova.stat().st_size - 4096)
+    refused(ova, tmp_path, "not a readable zip archive", "truncated")
+
+
+@pytest.mark.parametrize("archive", ["tar", "zip", "zip-last"])
+def test_qcow2_of_unaligned_size(tmp_path: Path, archive: str) -> None:
+    # qemu slices whole sectors: a qcow2 whose size is not one is read in place from a slice
+    # rounded up when the archive has bytes to spare after it, else copied into workdir.
+    image = tmp_path / "d.qcow2"
+    _run("qemu-img", "create", "-q", "-f", "qcow2", image, str(DISK_SIZE))
+    data = image.read_bytes()
+    assert len(data) % 512
+    ovf = vmware_ovf([Disk("d.qcow2", f'ovf:size="{len(data)}"', format_url=QCOW2_URL)])
+    if archive == "tar":
+        ova = build_ova(tmp_path / "vm.ova", {"vm.ovf": ovf, "d.qcow2": data})
+    else:
+        padding = {"notes.txt": bytes(1024)} if archive == "zip" else {}
+        ova = build_zip_ova(tmp_path / "vm.ova", {"vm.ovf": ovf, "d.qcow2": data, **padding})
+    (disk,) = open_source(ova, tmp_path).disks
+    copied = not disk.endpoint.uri.startswith("json:")
+    assert copied == (archive == "zip-last")
+    assert (disk.endpoint.format, read_back(disk.endpoint, tmp_path)) == ("qcow2", bytes(DISK_SIZE))

@@ -164,7 +164,7 @@ def test_unmapped_nics_keep_their_network_names(domain: FakeDomain) -> None:
     # --network rhevm: every NIC on the RHV network.
     target = RhvTarget(
         TargetOptions(
-            storage=str(domain.top), name="g2", networks=NetworkMap(default=("network", "rhevm"))
+            storage=str(domain.top), name="g2", networks=NetworkMap(default_network="rhevm")
         )
     )
     target.check(vm)

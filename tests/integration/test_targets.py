@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration.libvirt_fixture import PrivateLibvirtd, private_libvirtd
+from tests.integration.libvirt_fixture import PrivateLibvirtd, dir_pool, private_libvirtd
 from vmshift.errors import DiskImageError, SourceError, TargetError
-from vmshift.formats.libvirt_xml import domain_xml, parse_domain
+from vmshift.formats.libvirt_domain import parse_domain
+from vmshift.formats.libvirt_xml import domain_xml
 from vmshift.model.caps import GuestCaps
 from vmshift.model.inspection import Bootloader, LinuxDetails, OperatingSystem
 from vmshift.model.vm import (
@@ -321,7 +322,7 @@ def test_qemu_script(tmp_path: Path) -> None:
 
 
 def test_qemu_script_uefi_and_abort(tmp_path: Path) -> None:
-    from vmshift.targets.qemu import find_uefi_firmware
+    from vmshift.targets.qemu_host import find_uefi_firmware
 
     if find_uefi_firmware("q35") is None:
         pytest.skip("no OVMF installed")
@@ -464,19 +465,8 @@ def libvirtd() -> Iterator[PrivateLibvirtd]:
 @pytest.fixture
 def pool(libvirtd: PrivateLibvirtd, request: pytest.FixtureRequest) -> Iterator[tuple[Any, Path]]:
     """A defined, started directory pool, unique per test."""
-    name = f"pool-{request.node.name}".replace("[", "-").replace("]", "")
-    path = libvirtd.root / name
-    path.mkdir()
-    libvirtd.give(path)
-    conn = libvirtd.connect()
-    xml = f"<pool type='dir'><name>{name}</name><target><path>{path}</path></target></pool>"
-    pool = conn.storagePoolDefineXML(xml, 0)
-    pool.create(0)
-    yield pool, path
-    with contextlib.suppress(Exception):
-        pool.destroy()
-    pool.undefine()
-    conn.close()
+    with dir_pool(libvirtd, f"pool-{request.node.name}") as made:
+        yield made
 
 
 def test_libvirt_target_defines_the_guest(

@@ -240,10 +240,12 @@ def test_whole_vm(vm: Path, work: Path, tmp_path: Path) -> None:
     assert guest.os_hint == "ubuntu-64"
     assert guest.origin == "vmware"
     assert guest.source_file == str(vmx)
+    assert guest.secure_boot is True
+    assert guest.genid is None
+    assert guest.warnings == ()
     assert guest.extra == {
         "vmware.uuid": "56 4d 12 34 56 78 9a bc-de f0 12 34 56 78 9a bc",
         "vmware.hw_version": "19",
-        "vmware.secure_boot": "TRUE",
     }
     layout = [
         (d.name, d.controller, d.bus, d.unit, d.controller_model, d.endpoint.uri)
@@ -280,11 +282,13 @@ def test_defaults_when_the_vmx_says_little(vm: Path, work: Path) -> None:
     assert guest.memory == 32 * MIB
     assert guest.vcpus == 1
     assert guest.topology is None
-    assert guest.firmware is Firmware.UNKNOWN
+    assert guest.firmware is Firmware.BIOS  # VMware's default, whatever the disk holds
+    assert guest.secure_boot is False
+    assert guest.genid is None
     assert guest.os_hint is None
     assert guest.disks[0].controller is Controller.IDE
     assert guest.disks[0].controller_model is None
-    assert guest.nics == (Nic(mac=None, model="vlance", network=None),)
+    assert guest.nics == (Nic(mac=None, model="vlance", network="ethernet0"),)
 
 
 @pytest.mark.parametrize(("value", "firmware"), [("bios", Firmware.BIOS), ("EFI", Firmware.UEFI)])

@@ -81,3 +81,25 @@ def test_failed_copy_removes_every_output(tmp_path: Path) -> None:
     with pytest.raises(CopyError, match="g-sdb"):
         copy_disks(jobs, lambda _e: None)
     assert not [p for p in outs if p.exists()]
+
+
+def test_compressed_output_has_compressed_clusters(tmp_path: Path) -> None:
+    """-oo compressed: the same data, in clusters qemu reports as compressed."""
+    src = tmp_path / "src.raw"
+    with src.open("wb") as f:
+        f.truncate(16 * MIB)
+        f.write(b"compressible " * (MIB // 13))
+    overlay = create_overlay(DiskEndpoint(str(src), "raw", 16 * MIB), tmp_path, "sda")
+    plain, packed = tmp_path / "plain.qcow2", tmp_path / "packed.qcow2"
+    copy_disks([CopyJob(overlay, plain, "qcow2", False, "g-sda")], lambda _e: None)
+    copy_disks(
+        [CopyJob(overlay, packed, "qcow2", False, "g-sda", compressed=True)], lambda _e: None
+    )
+    assert same_content(src, "raw", packed, "qcow2")
+    check = subprocess.run(
+        ["qemu-img", "check", "--output=json", str(packed)], capture_output=True, check=True
+    )
+    stats = json.loads(check.stdout)
+    assert stats["compressed-clusters"] > 0
+    assert stats["compressed-clusters"] == stats["allocated-clusters"]
+    assert packed.stat().st_size < plain.stat().st_size // 4

@@ -1,4 +1,5 @@
-"""libvirt domain XML: golden files for what we emit, schema validation, and parsing back.
+"""libvirt domain XML: golden files for what we emit (formats/libvirt_xml.py), schema
+validation, and parsing back (formats/libvirt_domain.py).
 
 Regenerate the golden files after an intended change with
     VMSHIFT_UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_libvirt_xml.py
@@ -16,15 +17,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from lxml import etree
 
 from vmshift.errors import SourceError, TargetError
-from vmshift.formats.libvirt_xml import (
-    domain_xml,
-    drive_letters,
-    effective_topology,
-    parse_domain,
-)
+from vmshift.formats.libvirt_domain import parse_domain
+from vmshift.formats.libvirt_xml import domain_xml, effective_topology
 from vmshift.model.caps import GuestCaps
+from vmshift.model.devnames import drive_letters, scsi_disk_name
 from vmshift.model.vm import (
     Controller,
     CpuTopology,
@@ -260,9 +259,11 @@ def test_topology_is_kept_consistent_with_vcpus() -> None:
 
 
 def test_drive_letters() -> None:
+    """Like the kernel counts disks: past sdz comes sdaa (the appliance's 27th disk too)."""
     assert [drive_letters(i) for i in (0, 1, 25, 26, 27, 51, 52, 701, 702)] == [
         "a", "b", "z", "aa", "ab", "az", "ba", "zz", "aaa",
     ]  # fmt: skip
+    assert scsi_disk_name(26) == "sdaa"
 
 
 HANDWRITTEN = """<?xml version="1.0"?>
@@ -406,3 +407,24 @@ def test_parse_defaults() -> None:
         ).firmware
         is Firmware.UEFI
     )
+
+
+def test_each_kind_of_source_connection_takes_its_own_default() -> None:
+    """`--network lan --bridge br0`: NICs on source networks go to the network, NICs on source
+    bridges (a VMX "bridged" connection) to the bridge."""
+    vm = replace(
+        source_vm(),
+        nics=(
+            Nic(mac="00:50:56:aa:bb:01", model="vmxnet3", network="VM Network"),
+            Nic(mac=None, model="e1000", network="ethernet1", network_type="bridge"),
+        ),
+    )
+    networks = NetworkMap(default_network="lan", default_bridge="br0")
+    xml = domain_xml(vm, VIRTIO_CAPS, OUT_DISKS, name="web01", networks=networks, domain_type="kvm")
+    root = etree.fromstring(xml.encode())
+    interfaces: list[tuple[str | None, dict[str, str]]] = []
+    for iface in root.iterfind("devices/interface"):
+        source = iface.find("source")
+        assert source is not None
+        interfaces.append((iface.get("type"), {str(k): str(v) for k, v in source.attrib.items()}))
+    assert interfaces == [("network", {"network": "lan"}), ("bridge", {"bridge": "br0"})]

@@ -32,13 +32,6 @@ VDA = {"sda": "vda", "sdb": "vdb", "hda": "vda", "xvda": "vda"}
 
 
 @pytest.mark.parametrize(
-    ("index", "name"), [(0, "a"), (1, "b"), (25, "z"), (26, "aa"), (27, "ab"), (701, "zz")]
-)
-def test_drive_name_counts_like_the_kernel(index: int, name: str) -> None:
-    assert devmap.drive_name(index) == name
-
-
-@pytest.mark.parametrize(
     ("family", "distro", "major", "prefix"),
     [
         ("rhel", "rhel", 5, "hd"),

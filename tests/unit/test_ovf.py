@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from tests.ovf_samples import SampleDisk, vmware_ovf
 from vmshift.errors import SourceError
-from vmshift.formats.ovf import (
-    ManifestEntry,
-    OvfController,
-    OvfError,
-    OvfFile,
-    normalise_mac,
-    parse_allocation_units,
-    parse_manifest,
-    parse_ovf,
-)
+from vmshift.formats.genid import genid_from_vmware
+from vmshift.formats.ovf import parse_ovf
+from vmshift.formats.ovf_hardware import normalise_mac
+from vmshift.formats.ovf_manifest import Manifest, ManifestEntry, parse_manifest
+from vmshift.formats.ovf_model import OvfController, OvfError, OvfFile
+from vmshift.formats.ovf_xml import parse_allocation_units
 from vmshift.model.vm import Controller, CpuTopology, Firmware, Nic, Removable
+from vmshift.targets.base import NetworkMap
 
 # What ovftool / a vSphere export writes (trimmed of Info/Description noise), with every kind
 # of device vmshift reads, a DeploymentOption the parser must respect, and a second memory
@@ -414,12 +412,14 @@ def test_vmware_descriptor() -> None:
         Removable("cdrom", Controller.IDE, bus=1, unit=1, source_path="tools.iso"),
         Removable("floppy", Controller.UNKNOWN, bus=0, unit=0, source_path=None),
     )
+    # Every OVF connection is a bridge name, as virt-v2v reads it.
     assert d.nics == (
-        Nic("00:50:56:ab:cd:ef", "vmxnet3", "VM Network"),
-        Nic(None, "e1000e", "Backup"),
-        Nic("00:50:56:01:02:03", "e1000", "DMZ"),
-        Nic(None, "pcnet32", "Legacy"),
+        Nic("00:50:56:ab:cd:ef", "vmxnet3", "VM Network", "bridge"),
+        Nic(None, "e1000e", "Backup", "bridge"),
+        Nic("00:50:56:01:02:03", "e1000", "DMZ", "bridge"),
+        Nic(None, "pcnet32", "Legacy", "bridge"),
     )
+    assert (d.genid, d.warnings) == (None, ())
 
 
 def test_virtualbox_descriptor() -> None:
@@ -447,8 +447,8 @@ def test_virtualbox_descriptor() -> None:
     assert d.removables == (Removable("cdrom", Controller.IDE, bus=0, unit=1),)
     # MACs (and the model the second Item leaves out) come from the adapters in slot order.
     assert d.nics == (
-        Nic("08:00:27:1a:2b:3c", "e1000", "NAT"),
-        Nic("08:00:27:aa:bb:cc", "virtio", "HostOnly"),
+        Nic("08:00:27:1a:2b:3c", "e1000", "NAT", "bridge"),
+        Nic("08:00:27:aa:bb:cc", "virtio", "HostOnly", "bridge"),
     )
 
 
@@ -610,28 +610,111 @@ def test_manifest_forms() -> None:
         "\n"
         f"sha512(dir/my disk (1).vmdk)={'c' * 128}\n"
     )
-    assert parse_manifest(("\ufeff" + text).encode(), path="m.mf") == (
-        ManifestEntry("sha256", "web01.ovf", "b" * 64),
-        ManifestEntry("sha1", "web01-disk1.vmdk", SHA1),
-        ManifestEntry("sha512", "dir/my disk (1).vmdk", "c" * 128),
+    assert parse_manifest(("\ufeff" + text).encode(), path="m.mf") == Manifest(
+        (
+            ManifestEntry("sha256", "web01.ovf", "b" * 64),
+            ManifestEntry("sha1", "web01-disk1.vmdk", SHA1),
+            ManifestEntry("sha512", "dir/my disk (1).vmdk", "c" * 128),
+        )
     )
 
 
-@pytest.mark.parametrize(
-    ("text", "words"),
-    [
-        ("MD5(x.ovf)= abc\n", "line 1: expected SHA256(file)= hex"),
-        (f"SHA256(x.ovf)= {SHA1}\n", "line 1: a SHA256 digest has 64 hex digits, not 40"),
-        (f"SHA1(x.ovf)= {SHA1}\nSHA1(y.vmdk)= nothex\n", "line 2: expected"),
-    ],
-)
-def test_bad_manifest(text: str, words: str) -> None:
+def test_unreadable_manifest_lines_are_handed_back_not_refused() -> None:
+    data = (
+        (
+            f"MD5(x.ovf)= abc\nSHA1(x.ovf)= {SHA1}\n# written by hand\nSHA1(y.vmdk)= nothex\n"
+            f"SHA256 x.vmdk {SHA256}\n"
+        ).encode()
+        + b"\xff\xfe garbage\r\n"
+        + f"SHA1(y.vmdk)= {SHA1}\n".encode()
+    )
+    parsed = parse_manifest(data, path="m.mf")
+    assert parsed.entries == (
+        ManifestEntry("sha1", "x.ovf", SHA1),
+        ManifestEntry("sha1", "y.vmdk", SHA1),
+    )
+    assert parsed.unreadable == (
+        (1, "MD5(x.ovf)= abc"),
+        (3, "# written by hand"),
+        (4, "SHA1(y.vmdk)= nothex"),
+        (5, f"SHA256 x.vmdk {SHA256}"),
+        (6, "\ufffd\ufffd garbage"),
+    )
+
+
+def test_digest_of_the_wrong_length_is_refused() -> None:
+    # It names a file and an algorithm: a digest that can never match is a wrong digest.
     with pytest.raises(OvfError) as info:
-        parse_manifest(text.encode(), path="/x/m.mf")
-    assert str(info.value).startswith("/x/m.mf: ")
-    assert words in str(info.value)
+        parse_manifest(f"SHA1(a)= {SHA1}\nSHA256(x.ovf)= {SHA1}\n".encode(), path="/x/m.mf")
+    assert str(info.value) == "/x/m.mf: line 2: a SHA256 digest has 64 hex digits, not 40"
 
 
-def test_binary_manifest() -> None:
-    with pytest.raises(OvfError, match="not a text manifest"):
-        parse_manifest(b"\xff\xfe\x00garbage", path="m.mf")
+def test_binary_manifest_is_all_unreadable() -> None:
+    parsed = parse_manifest(b"\xff\xfe\x00garbage", path="m.mf")
+    assert (parsed.entries, len(parsed.unreadable)) == ((), 1)
+
+
+def test_oversized_manifest() -> None:
+    with pytest.raises(OvfError, match="far too large for a manifest"):
+        parse_manifest(b"x" * ((1 << 20) + 1), path="m.mf")
+
+
+# --- VMX keys VMware carries in the OVF -------------------------------------------------------
+
+# vm.genid / vm.genidX in the form VMware writes them (signed 64-bit decimals; the low half's
+# top bit is set, so it is negative), and the libvirt <genid> worked out by hand from the hex
+# halves in the byte order formats/genid.py documents.
+GENID_LOW = "-8536374250620066363"  # 0x8988b4d8c1ffe5c5
+GENID_HIGH = "1365420504334508194"  # 0x12f2f2b6e1e4a0a2
+GENID = "c1ffe5c5-b4d8-8988-a2a0-e4e1b6f2f212"
+
+
+def test_genid_from_extra_config() -> None:
+    ovf = vmware_ovf(
+        [SampleDisk("d.vmdk")], extra_config={"vm.genid": GENID_LOW, "vm.genidX": GENID_HIGH}
+    )
+    d = parse_ovf(ovf, path="g.ovf")
+    assert d.genid == GENID == genid_from_vmware(int(GENID_LOW), int(GENID_HIGH))
+    assert d.warnings == ()
+
+
+@pytest.mark.parametrize(
+    "keys", [{"vm.genid": GENID_LOW}, {"vm.genidX": GENID_HIGH}, {}], ids=["low", "high", "none"]
+)
+def test_genid_needs_both_halves(keys: dict[str, str]) -> None:
+    d = parse_ovf(vmware_ovf([SampleDisk("d.vmdk")], extra_config=keys), path="g.ovf")
+    assert (d.genid, d.warnings) == (None, ())
+
+
+@pytest.mark.parametrize("bad", ["0x1234", "12abc", "", "9223372036854775808"])
+def test_unparsable_genid_is_a_warning(bad: str) -> None:
+    ovf = vmware_ovf([SampleDisk("d.vmdk")], extra_config={"vm.genid": GENID_LOW, "vm.genidX": bad})
+    d = parse_ovf(ovf, path="/x/g.ovf")
+    assert d.genid is None
+    assert d.warnings == (
+        f'/x/g.ovf: vm.genidX "{bad}" is not a signed 64-bit number; the VM generation id is '
+        "not carried over",
+    )
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", True), ("FALSE", False), (None, None)])
+def test_secure_boot_from_boot_options(value: str | None, expected: bool | None) -> None:
+    config = {"firmware": "efi"}
+    if value is not None:
+        config["bootOptions.efiSecureBootEnabled"] = value
+    d = parse_ovf(vmware_ovf([SampleDisk("d.vmdk")], config=config), path="s.ovf")
+    assert (d.firmware, d.secure_boot) == (Firmware.UEFI, expected)
+
+
+def test_ovf_nics_are_bridges_matched_by_name_in_either_table() -> None:
+    (nic,) = parse_ovf(vmware_ovf([SampleDisk("d.vmdk")]), path="n.ovf").nics
+    assert (nic.network, nic.network_type) == ("VM Network", "bridge")
+    by_network = NetworkMap(networks={"VM Network": "default"}, default_bridge="br9")
+    by_bridge = NetworkMap(bridges={"VM Network": "br0"}, default_network="net9")
+    assert by_network.lookup(nic.mac, nic.network, nic.network_type) == ("network", "default")
+    assert by_bridge.lookup(nic.mac, nic.network, nic.network_type) == ("bridge", "br0")
+    # Unmapped: --bridge OUT is the default for a bridge, else --network OUT.
+    both = NetworkMap(default_network="net9", default_bridge="br9")
+    assert both.lookup(nic.mac, "Other", nic.network_type) == ("bridge", "br9")
+    only_network = NetworkMap(default_network="net9")
+    assert only_network.lookup(nic.mac, "Other", nic.network_type) == ("network", "net9")

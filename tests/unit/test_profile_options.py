@@ -201,7 +201,7 @@ def test_the_profile_sets_what_the_command_line_leaves_unset(conf: Path) -> None
     assert target_networks(args) == NetworkMap(
         networks={"Backup Network": "backup"},
         bridges={"VM Network": "br-prod"},
-        default=("network", "rhevm"),
+        default_network="rhevm",
     )
 
 
@@ -226,7 +226,7 @@ def test_network_mappings_merge_the_command_line_winning(conf: Path) -> None:
         networks={"Backup Network": "backup", "VM Network": "lan"},
         bridges={"DMZ": "br-dmz"},
         macs={"00:50:56:ab:cd:ef": ("network", "special")},
-        default=("bridge", "br-default"),
+        default_bridge="br-default",
     )
     assert networks.map("00:50:56:aa:00:01", "VM Network") == ("network", "lan")
     assert networks.map(None, "Backup Network") == ("network", "backup")  # the profile's
@@ -235,10 +235,10 @@ def test_network_mappings_merge_the_command_line_winning(conf: Path) -> None:
 
 
 def test_merge_keeps_the_profile_default_when_the_command_line_has_none() -> None:
-    profile = NetworkMap(networks={"a": "x"}, default=("network", "rhevm"))
+    profile = NetworkMap(networks={"a": "x"}, default_network="rhevm")
     cli = NetworkMap(bridges={"a": "br-a"})
     assert merge_networks(profile, cli) == NetworkMap(
-        bridges={"a": "br-a"}, default=("network", "rhevm")
+        bridges={"a": "br-a"}, default_network="rhevm"
     )
 
 

@@ -39,6 +39,7 @@ class CopyJob:
     format: str  # raw or qcow2
     preallocated: bool
     label: str
+    compressed: bool = False  # qcow2 only: every cluster written compressed (-oo compressed)
 
 
 def convert_argv(job: CopyJob) -> list[str]:
@@ -48,6 +49,8 @@ def convert_argv(job: CopyJob) -> list[str]:
     if job.preallocated:
         opts.append("preallocation=falloc")
     argv = ["qemu-img", "convert", "-p", "-W", "-m", "8", "-f", "qcow2", "-O", job.format]
+    if job.compressed:
+        argv.append("-c")
     if opts:
         argv += ["-o", ",".join(opts)]
     return [*argv, str(job.overlay.path), str(job.output)]

@@ -23,7 +23,14 @@ class StageEvent:
     message: str
 
 
-Event = CopyProgress | StageEvent
+@dataclass(frozen=True)
+class WarningEvent:
+    """Something the user should know that does not stop the run (a source file read past)."""
+
+    message: str
+
+
+Event = CopyProgress | StageEvent | WarningEvent
 EventSink = Callable[[Event], None]
 
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from vmshift.cli import mode_options
 from vmshift.cli.options import memory_size
 from vmshift.cli.profile_options import apply_profile, target_networks
 from vmshift.cli.render import ProgressPrinter, print_source_vm
 from vmshift.convert.base import ConvertOptions
 from vmshift.errors import UsageError
+from vmshift.model.inspection import OperatingSystem
 from vmshift.pipeline import ConversionResult, RunOptions, run_conversion
 from vmshift.sources import SOURCES
 from vmshift.sources.base import Source, SourceOptions
@@ -83,12 +87,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="read --profile from FILE (virt-v2v.conf XML or TOML) instead of the usual places",
     )
     p.add_argument(
+        "-n",
         "--network",
         action="append",
         metavar="[IN:]OUT",
         help="map source network IN (or every unmapped NIC) to libvirt network OUT",
     )
     p.add_argument(
+        "-b",
         "--bridge",
         action="append",
         metavar="[IN:]OUT",
@@ -101,7 +107,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="map the NIC with this MAC address",
     )
     p.add_argument(
-        "--root", metavar="DEVICE|first", help="which OS to convert when the guest has several"
+        "--root",
+        metavar="ask|single|first|DEVICE",
+        help="which OS to convert when the guest has several (default ask: a list to choose "
+        "from on a terminal, an error naming them otherwise)",
+    )
+    p.add_argument(
+        "--no-secure-boot",
+        dest="secure_boot",
+        action="store_false",
+        help="turn UEFI secure boot off on the target even if the source enforced it",
     )
     p.add_argument(
         "--block-driver",
@@ -121,8 +136,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="Windows first-boot service wrapper, rhsrvany.exe or pvvxsvc.exe "
         "(default: $VMSHIFT_FIRSTBOOT_TOOL, then /usr/share/virt-tools)",
     )
-    p.add_argument("--memory", metavar="SIZE", help="memory of the guest (default: the source's)")
-    p.add_argument("--vcpus", type=int, metavar="N", help="vCPUs of the guest")
+    p.add_argument(
+        "-m",
+        "--memory",
+        "--memsize",
+        dest="memory",
+        metavar="SIZE",
+        help="memory of the guest in MiB, or with a unit (4G) (default: the source's)",
+    )
+    p.add_argument(
+        "--vcpus", "--smp", dest="vcpus", type=int, metavar="N", help="vCPUs of the guest"
+    )
     p.add_argument(
         "--name",
         dest="source_name",
@@ -131,7 +155,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--print-source", action="store_true", help="print what was read and exit")
     p.add_argument("--report", type=Path, metavar="FILE", help="write a JSON report to FILE")
-    p.add_argument("--qemu-boot", action="store_true", help="with -o qemu: boot the result")
+    p.add_argument(
+        "--qemu-boot", action="store_true", help="with -o qemu: boot the result (-oo qemu-boot)"
+    )
+    mode_options.add_arguments(p)
     p.add_argument(
         "--machine-readable",
         action="store_true",
@@ -158,6 +185,7 @@ def make_source(args: argparse.Namespace) -> Source:
     opts = SourceOptions(
         args=tuple(args.args),
         conn=args.input_conn,
+        password=mode_options.input_password(args),
         transport=args.input_transport,
         input_format=args.input_format,
         memory=memory_size(args.memory) if args.memory else None,
@@ -170,7 +198,7 @@ def make_source(args: argparse.Namespace) -> Source:
     return source
 
 
-def make_target(args: argparse.Namespace) -> Target:
+def make_target(args: argparse.Namespace, out: mode_options.OutputOptions) -> Target:
     opts = TargetOptions(
         storage=args.output_storage,
         conn=args.output_conn,
@@ -178,14 +206,19 @@ def make_target(args: argparse.Namespace) -> Target:
         allocation=args.output_alloc,
         name=args.output_name,
         networks=target_networks(args),
-        qemu_boot=args.qemu_boot,
+        qemu_boot=out.qemu_boot,
         rhv_data_domain_type=args.rhv_data_domain_type,
     )
     if args.qemu_boot and args.output != "qemu":
         raise UsageError("--qemu-boot works only with -o qemu")
-    name = TARGET_ALIASES.get(args.output, args.output)
-    target: Target = _instantiate(TARGETS, name, "output", opts)
+    target: Target = _instantiate(TARGETS, output_name(args), "output", opts)
     return target
+
+
+def output_name(args: argparse.Namespace) -> str:
+    """-o's value with virt-v2v's aliases resolved (disk -> local, rhev/ovirt -> rhv)."""
+    name: str = TARGET_ALIASES.get(args.output, args.output)
+    return name
 
 
 def _existing_path(option: str, value: str | None) -> str | None:
@@ -212,6 +245,10 @@ def verdict(result: ConversionResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     apply_profile(args)
+    listing = mode_options.wants_help(args)
+    if listing is not None:
+        print(listing, end="")
+        return 0
     source = make_source(args)
     if args.print_source:
         import tempfile
@@ -221,9 +258,12 @@ def run(args: argparse.Namespace) -> int:
                 vm = source.open(Path(tmp))
             finally:
                 source.close()
+        for warning in vm.warnings:
+            print(f"vmshift: warning: {warning}", file=sys.stderr)
         print_source_vm(Console(markup=False, emoji=False, highlight=False), vm)
         return 0
-    target = make_target(args)
+    out = mode_options.output_options(args, output_name(args))
+    target = make_target(args, out)
     if args.memory or args.vcpus:
         source = _Overridden(source, memory_size(args.memory) if args.memory else None, args.vcpus)
     printer = ProgressPrinter(
@@ -234,12 +274,15 @@ def run(args: argparse.Namespace) -> int:
     run_opts = RunOptions(
         out_format=args.output_format,
         preallocated=args.output_alloc == "preallocated",
+        compressed=out.compressed,
         convert=ConvertOptions(
             block_driver=args.block_driver,
             virtio_win=_existing_path("--virtio-win", args.virtio_win),
             firstboot_tool=args.firstboot_tool,
+            secure_boot=args.secure_boot,
         ),
-        root=args.root,
+        root=args.root or "ask",
+        ask_root=partial(ask_root, printer) if sys.stdin.isatty() else None,
         workdir_parent=args.workdir,
     )
     with printer:
@@ -253,6 +296,23 @@ def run(args: argparse.Namespace) -> int:
         print(result.target.description)
     print(line, file=sys.stdout)
     return 0
+
+
+def ask_root(printer: ProgressPrinter, oses: Sequence[OperatingSystem]) -> OperatingSystem:
+    """--root ask on a terminal: list the operating systems found and read a number."""
+    with printer.paused():
+        print("\nSeveral operating systems were found; choose the one to convert:", file=sys.stderr)
+        for number, candidate in enumerate(oses, start=1):
+            print(f"  {number}. {candidate.root} ({candidate.product_name})", file=sys.stderr)
+        while True:
+            print(f"Number (1-{len(oses)}): ", end="", file=sys.stderr, flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                raise UsageError("--root ask: no answer on the terminal")
+            answer = line.strip()
+            if answer.isdigit() and 1 <= int(answer) <= len(oses):
+                return oses[int(answer) - 1]
+            print(f"Type a number from 1 to {len(oses)}.", file=sys.stderr)
 
 
 REPORT_SCHEMA = "vmshift-convert-report/1"
@@ -271,6 +331,7 @@ def write_report(path: Path, result: ConversionResult, line: str) -> None:
             "name": result.vm.name,
             "origin": result.vm.origin,
             "file": result.vm.source_file,
+            "warnings": list(result.vm.warnings),
         },
         "os": {
             "root": result.os.root,

@@ -16,20 +16,24 @@ def network_map(
     """Build the mapping from repeated --network/--bridge/--mac values.
 
     `--network in:out` maps one source network; `--network out` (no colon) is the default for
-    every NIC not otherwise mapped. Likewise --bridge. `--mac MAC:network|bridge:out` maps one
+    NICs on source networks not otherwise mapped, `--bridge out` for NICs on source bridges
+    (one default of each kind, as virt-v2v keeps). `--mac MAC:network|bridge:out` maps one
     NIC by its MAC address and wins over the others.
     """
     nets: dict[str, str] = {}
     brs: dict[str, str] = {}
     mac_map: dict[str, tuple[str, str]] = {}
-    default: tuple[str, str] | None = None
+    defaults: dict[str, str] = {}
     for kind, values, table in (("network", networks, nets), ("bridge", bridges, brs)):
         for value in values or []:
             src, sep, out = value.rpartition(":")
             if not sep:
-                if default is not None:
-                    raise UsageError(f"--{kind} {value}: a default network was already given")
-                default = (kind, value)
+                if kind in defaults:
+                    raise UsageError(
+                        f"--{kind} {value}: a default {kind} was already given "
+                        f"(--{kind} {defaults[kind]})"
+                    )
+                defaults[kind] = value
                 continue
             if not src or not out:
                 raise UsageError(f"--{kind} {value}: expected IN:OUT or OUT")
@@ -39,7 +43,13 @@ def network_map(
         if match is None:
             raise UsageError(f"--mac {value}: expected MAC:network:NAME or MAC:bridge:NAME")
         mac_map[match.group(1).lower()] = (match.group(2), match.group(3))
-    return NetworkMap(networks=nets, bridges=brs, macs=mac_map, default=default)
+    return NetworkMap(
+        networks=nets,
+        bridges=brs,
+        macs=mac_map,
+        default_network=defaults.get("network"),
+        default_bridge=defaults.get("bridge"),
+    )
 
 
 def memory_size(text: str) -> int:

@@ -54,27 +54,34 @@ def _fill(args: argparse.Namespace, dest: str, value: str | None) -> None:
 def profile_network_map(profile: Profile) -> NetworkMap:
     networks: dict[str, str] = {}
     bridges: dict[str, str] = {}
-    default = None
+    defaults: dict[str, str] = {}
     for rule in profile.effective_networks():
         if rule.source is None:
-            default = (rule.out_type, rule.out_name)
+            defaults[rule.out_type] = rule.out_name
         elif rule.out_type == "bridge":
             bridges[rule.source] = rule.out_name
         else:
             networks[rule.source] = rule.out_name
-    return NetworkMap(networks=networks, bridges=bridges, default=default)
+    return NetworkMap(
+        networks=networks,
+        bridges=bridges,
+        default_network=defaults.get("network"),
+        default_bridge=defaults.get("bridge"),
+    )
 
 
 def merge_networks(profile: NetworkMap, cli: NetworkMap) -> NetworkMap:
     """The profile's mappings under the command line's: a source network the command line maps
     (to a network or a bridge) loses its profile mapping; a command-line default replaces the
-    profile's default but not the profile's mappings of specific networks."""
+    profile's defaults but not the profile's mappings of specific networks."""
     taken = cli.networks.keys() | cli.bridges.keys()
+    defaults = cli if cli.default_network or cli.default_bridge else profile
     return NetworkMap(
         networks={k: v for k, v in profile.networks.items() if k not in taken} | cli.networks,
         bridges={k: v for k, v in profile.bridges.items() if k not in taken} | cli.bridges,
         macs=profile.macs | cli.macs,
-        default=cli.default or profile.default,
+        default_network=defaults.default_network,
+        default_bridge=defaults.default_bridge,
     )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -18,9 +20,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from vmshift.blockio.progress import Event, StageEvent
+from vmshift.blockio.progress import Event, StageEvent, WarningEvent
 from vmshift.model.inspection import InspectionReport, LinuxDetails, OperatingSystem, WindowsDetails
-from vmshift.model.vm import SourceVM
+from vmshift.model.vm import CpuFeature, SourceVM
 
 
 def human_size(n: int | None) -> str:
@@ -183,8 +185,26 @@ class ProgressPrinter:
         if self.progress is not None:
             self.progress.stop()
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop redrawing the bars while the user is asked something on the terminal."""
+        if self.progress is None:
+            yield
+            return
+        self.progress.stop()
+        try:
+            yield
+        finally:
+            self.progress.start()
+
     def event(self, ev: Event) -> None:
         if self.quiet:
+            return
+        if isinstance(ev, WarningEvent):
+            if self.machine_readable:
+                print(f"warning {ev.message}", flush=True)
+            else:
+                self.console.print(f"vmshift: warning: {ev.message}", markup=False)
             return
         if isinstance(ev, StageEvent):
             stamp = time.monotonic() - self.started
@@ -214,13 +234,20 @@ def print_source_vm(console: Console, vm: SourceVM) -> None:
         if vm.topology
         else ""
     )
+    cpu = vm.cpu
     rows = [
         ("name", vm.name),
         ("origin", vm.origin),
         ("source", vm.source_file or "-"),
+        ("VM genid", vm.genid or "-"),
         ("memory", human_size(vm.memory)),
         ("vCPUs", f"{vm.vcpus}{topology}"),
+        ("CPU vendor", (cpu.vendor if cpu else None) or "-"),
+        ("CPU model", (cpu.model if cpu else None) or "-"),
+        ("CPU features", ", ".join(_cpu_feature(f) for f in cpu.features) if cpu else "-"),
+        ("features", ", ".join(vm.features) or "-"),
         ("firmware", str(vm.firmware)),
+        ("UEFI secure boot", "yes" if vm.secure_boot else "no"),
         ("guest OS hint", vm.os_hint or "-"),
     ]
     console.print(_kv_table("Source guest", rows))
@@ -247,3 +274,7 @@ def print_source_vm(console: Console, vm: SourceVM) -> None:
     for n in vm.nics:
         nics.add_row(n.model, n.mac or "(generated)", f"{n.network_type} {n.network or '-'}")
     console.print(nics)
+
+
+def _cpu_feature(feature: CpuFeature) -> str:
+    return feature.name if feature.policy == "require" else f"{feature.name} ({feature.policy})"

@@ -27,6 +27,7 @@ class ConvertOptions:
     block_driver: str = "virtio-blk"  # or virtio-scsi
     virtio_win: str | None = None  # Windows driver tree (directory or ISO)
     firstboot_tool: str | None = None  # Windows service wrapper (rhsrvany.exe or pvvxsvc.exe)
+    secure_boot: bool = True  # keep the source's UEFI secure boot (--no-secure-boot: False)
 
 
 class Converter(Protocol):

@@ -8,16 +8,11 @@ built in), emulated devices otherwise, with the reason in GuestCaps.warnings.
 from __future__ import annotations
 
 from vmshift.convert.base import ConvertOptions
+from vmshift.convert.firmware import keeps_secure_boot, target_firmware
 from vmshift.guest.session import GuestSession
 from vmshift.model.caps import GuestCaps
 from vmshift.model.inspection import DriverPresence, OperatingSystem
 from vmshift.model.vm import Firmware, SourceVM
-
-
-def target_firmware(vm: SourceVM, os: OperatingSystem) -> Firmware:
-    if vm.firmware is not Firmware.UNKNOWN:
-        return vm.firmware
-    return Firmware.UEFI if os.firmware == "uefi" else Firmware.BIOS
 
 
 def linux_can_boot_virtio(os: OperatingSystem) -> tuple[bool, bool]:
@@ -41,7 +36,7 @@ def windows_has_viostor(os: OperatingSystem) -> bool:
     )
 
 
-def unmodified_caps(vm: SourceVM, os: OperatingSystem) -> GuestCaps:
+def unmodified_caps(vm: SourceVM, os: OperatingSystem, opts: ConvertOptions) -> GuestCaps:
     firmware = target_firmware(vm, os)
     arch = os.arch if os.arch not in ("i386", "i486", "i586") else "i686"
     warnings: list[str] = []
@@ -73,6 +68,7 @@ def unmodified_caps(vm: SourceVM, os: OperatingSystem) -> GuestCaps:
         video="vga",
         machine=machine,
         firmware=firmware,
+        secure_boot=keeps_secure_boot(vm, firmware, opts),
         arch=arch,
         virtio_rng=blk,
         virtio_balloon=blk,
@@ -85,4 +81,4 @@ class UnmodifiedConverter:
     def convert(
         self, session: GuestSession, os: OperatingSystem, vm: SourceVM, opts: ConvertOptions
     ) -> GuestCaps:
-        return unmodified_caps(vm, os)
+        return unmodified_caps(vm, os, opts)

@@ -44,6 +44,7 @@ class BiosType(IntEnum):
     I440FX_SEA_BIOS = 0
     Q35_SEA_BIOS = 1
     Q35_OVMF = 2
+    Q35_SECURE_BOOT = 3  # OVMF enforcing secure boot (the engine's Q35_SECURE_BOOT, 4)
 
 
 class NicType(IntEnum):
@@ -113,6 +114,8 @@ class OvirtVm:
     server: bool  # VmType: server (1) or desktop (0)
     rng: bool = False
     balloon: bool = False
+    # CustomCpuName: a libvirt CPU model the engine gives the VM instead of the cluster's CPU.
+    custom_cpu_name: str | None = None
 
     def item_id(self, what: str) -> str:
         """A device item's InstanceId: stable for this VM, so the same input renders the same."""
@@ -209,6 +212,8 @@ def render_ovf(vm: OvirtVm) -> str:
         ("DefaultDisplayType", str(int(vm.display))),
         ("BiosType", str(int(vm.bios_type))),
     ]
+    if vm.custom_cpu_name is not None:
+        fields.append(("CustomCpuName", vm.custom_cpu_name))
     if vm.origin is not None:
         fields.append(("Origin", str(int(vm.origin))))
     for tag, text in fields:

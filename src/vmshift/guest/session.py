@@ -15,6 +15,7 @@ from typing import Any
 from vmshift.blockio.imageinfo import ImageInfo
 from vmshift.errors import EnvironmentProblem, InspectionError
 from vmshift.guest.accel import detect_accelerator
+from vmshift.model.devnames import scsi_disk_name
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def open_session(
             else:
                 # Writable drives are always overlays: let fstrim free their clusters.
                 g.add_drive_opts(str(image.path), format=image.format, discard="besteffort")
-            device = f"/dev/sd{chr(ord('a') + index)}"
+            device = f"/dev/{scsi_disk_name(index)}"
             attached.append(AttachedDisk(image, readonly, device, names[index]))
         try:
             g.launch()

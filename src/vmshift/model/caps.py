@@ -28,6 +28,9 @@ class GuestCaps:
     machine: str  # q35 or pc (i440fx)
     firmware: Firmware  # BIOS or UEFI, never UNKNOWN here
     arch: str  # x86_64, i686
+    # UEFI with secure boot enforced (the source had it and --no-secure-boot was not given);
+    # a target that cannot provide it turns it off and says so.
+    secure_boot: bool = False
     virtio_rng: bool = False
     virtio_balloon: bool = False
     virtio_serial: bool = False  # the qemu guest agent channel needs it

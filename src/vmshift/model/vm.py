@@ -71,6 +71,21 @@ class Nic:
 
 
 @dataclass(frozen=True)
+class CpuFeature:
+    name: str  # libvirt's name: vmx, avx2, x2apic ...
+    policy: str = "require"  # libvirt's <feature policy>: force, require, optional, disable, forbid
+
+
+@dataclass(frozen=True)
+class CpuModel:
+    """The CPU model the source guest was given (libvirt <cpu> custom mode); all optional."""
+
+    vendor: str | None = None  # Intel, AMD
+    model: str | None = None  # a libvirt/qemu model name: Broadwell, EPYC-Rome ...
+    features: tuple[CpuFeature, ...] = ()
+
+
+@dataclass(frozen=True)
 class CpuTopology:
     sockets: int
     cores: int
@@ -91,4 +106,12 @@ class SourceVM:
     os_hint: str | None = None  # what the source says the guest OS is (VMX guestOS, OVF osType)
     # Where this was read from, for messages.
     source_file: str | None = None
+    # VM generation id in the form libvirt's <genid> and qemu's vmgenid guid take (see
+    # docs/convert.md: VMware's two signed halves are byte-swapped into this form).
+    genid: str | None = None
+    secure_boot: bool = False  # the source's UEFI firmware enforced secure boot
+    cpu: CpuModel | None = None  # the CPU model the source described, if it named one
+    features: tuple[str, ...] = ()  # hypervisor features the source enabled: acpi, apic, pae
+    # Things the source read past (a manifest line it could not parse ...): printed, not fatal.
+    warnings: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)

@@ -10,21 +10,12 @@ from pathlib import Path
 
 from vmshift.blockio.imageinfo import probe_image
 from vmshift.errors import UsageError
+from vmshift.model.devnames import scsi_disk_name
 from vmshift.model.vm import Controller, DiskEndpoint, Firmware, Nic, SourceDisk, SourceVM
 from vmshift.sources.base import SourceOptions
 
 DEFAULT_MEMORY = 2 << 30
 DEFAULT_VCPUS = 2
-
-
-def disk_name(index: int) -> str:
-    """sda, sdb ... sdz, sdaa ...: the name of the index-th disk."""
-    letters = ""
-    index += 1
-    while index:
-        index, rem = divmod(index - 1, 26)
-        letters = chr(ord("a") + rem) + letters
-    return "sd" + letters
 
 
 def _guest_name(path: Path) -> str:
@@ -51,7 +42,7 @@ class DiskSource:
             endpoint = DiskEndpoint(str(Path(arg).resolve()), info.format, info.virtual_size)
             disks.append(
                 SourceDisk(endpoint=endpoint, controller=Controller.UNKNOWN, unit=index,
-                           name=disk_name(index))
+                           name=scsi_disk_name(index))
             )  # fmt: skip
         first = Path(self.opts.args[0])
         return SourceVM(

@@ -15,8 +15,8 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from vmshift.errors import SourceError
-from vmshift.formats.libvirt_xml import parse_domain
-from vmshift.libvirt_binding import import_libvirt
+from vmshift.formats.libvirt_domain import parse_domain
+from vmshift.libvirt_binding import import_libvirt, open_with_password
 from vmshift.model.vm import SourceVM
 from vmshift.sources.base import SourceOptions
 from vmshift.sources.libvirtxml import vm_from_domain
@@ -42,6 +42,7 @@ class LibvirtSource:
             )
         self._name = opts.args[0]
         self._uri = opts.conn
+        self._password = opts.password  # -ip: for a daemon that asks (SASL)
         self._conn: Any = None
 
     def _connect(self) -> Any:
@@ -54,11 +55,15 @@ class LibvirtSource:
             )
         try:
             # Read-only: the source is never modified, and this is all a source needs.
+            if self._password is not None:
+                return open_with_password(libvirt, self._uri, self._password, readonly=True)
             return libvirt.openReadOnly(self._uri)
         except libvirt.libvirtError as exc:
+            hint = "is libvirtd running, and is -ic right?"
+            if self._password is not None:
+                hint = "is libvirtd running, and are -ic and the password in -ip right?"
             raise SourceError(
-                f"{where}: cannot connect to libvirt: {exc.get_error_message()}",
-                hint="is libvirtd running, and is -ic right?",
+                f"{where}: cannot connect to libvirt: {exc.get_error_message()}", hint=hint
             ) from None
 
     def _lookup(self, libvirt: Any) -> Any:

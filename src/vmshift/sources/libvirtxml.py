@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vmshift.blockio.imageinfo import probe_image
 from vmshift.errors import DiskImageError, SourceError
-from vmshift.formats.libvirt_xml import Domain, DomainDisk, parse_domain
+from vmshift.formats.libvirt_domain import Domain, DomainDisk, parse_domain
 from vmshift.model.vm import DiskEndpoint, SourceVM
 from vmshift.sources.base import SourceOptions
 

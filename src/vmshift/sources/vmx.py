@@ -15,7 +15,6 @@ Source files are only ever opened read-only.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,16 +32,15 @@ from vmshift.formats.vmdk_descriptor import (
     resolve_reference,
 )
 from vmshift.formats.vmx import VmxFile, load_vmx
+from vmshift.model.devnames import scsi_disk_name
 from vmshift.model.vm import (
     Controller,
-    CpuTopology,
     DiskEndpoint,
-    Firmware,
-    Nic,
     Removable,
     SourceDisk,
     SourceVM,
 )
+from vmshift.sources import vmx_hardware as hw
 from vmshift.sources.base import SourceOptions
 
 MIB = 1 << 20
@@ -50,20 +48,7 @@ MAX_VMX = 16 * MIB  # a VMX is a few KiB; a bigger file was named by mistake
 MAX_CHAIN = 255  # VMware's own limit on the depth of a snapshot chain
 # VMware's defaults when the VMX does not say.
 DEFAULT_MEMORY_MIB = 32
-DEFAULT_NIC_MODEL = "vlance"
-
-# Disk order: by controller kind in this order, then bus, then unit.
-CONTROLLERS = {
-    "scsi": Controller.SCSI,
-    "sata": Controller.SATA,
-    "ide": Controller.IDE,
-    "nvme": Controller.NVME,
-}
-_DEVICE_KEY = re.compile(r"^(scsi|sata|ide|nvme)(\d+):(\d+)\.present$")
-_INDEXED_KEY = re.compile(r"^(ethernet|floppy)(\d+)\.present$")
-_MAC = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
 CDROM_TYPES = frozenset({"cdrom-image", "atapi-cdrom", "cdrom-raw"})
-DISK_TYPES = frozenset({"", "disk", "scsi-harddisk", "ata-harddisk", "plaindisk", "rawdisk"})
 
 # createTypes whose data is not in files vmshift could copy.
 # fmt: off
@@ -79,24 +64,6 @@ QEMU_CREATE_TYPES = frozenset({
 
 
 @dataclass(frozen=True)
-class _Slot:
-    kind: str
-    bus: int
-    unit: int
-
-    @property
-    def controller(self) -> Controller:
-        return CONTROLLERS[self.kind]
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind}{self.bus}:{self.unit}"
-
-    def sort_key(self) -> tuple[int, int, int]:
-        return (list(CONTROLLERS).index(self.kind), self.bus, self.unit)
-
-
-@dataclass(frozen=True)
 class _Layer:
     """One file of a disk's snapshot chain, checked."""
 
@@ -109,7 +76,7 @@ class _Layer:
 
 @dataclass(frozen=True)
 class _Disk:
-    slot: _Slot
+    slot: hw.Slot
     model: str | None
     chain: tuple[_Layer, ...]  # the file the VMX names first
 
@@ -127,7 +94,7 @@ class VmxSource:
 
     def open(self, workdir: Path) -> SourceVM:
         vmx = self._load()
-        disks = [self._check_disk(vmx, slot) for slot in _disk_slots(vmx)]
+        disks = [self._check_disk(vmx, slot) for slot in hw.disk_slots(vmx)]
         if not disks:
             raise SourceError(
                 f"{self.display}: no disks found (no present scsiN:M, sataN:M, ideN:M or "
@@ -135,8 +102,9 @@ class VmxSource:
             )
         # Every disk's files were checked above, before anything is written or probed.
         source_disks = tuple(
-            self._expose(disk, workdir, drive_name(i)) for i, disk in enumerate(disks)
+            self._expose(disk, workdir, scsi_disk_name(i)) for i, disk in enumerate(disks)
         )
+        warnings: list[str] = []
         vcpus = vmx.get_int("numvcpus", 1)
         memory_mib = vmx.get_int("memsize", DEFAULT_MEMORY_MIB)
         if vcpus < 1 or memory_mib < 1:
@@ -145,15 +113,18 @@ class VmxSource:
             name=vmx.get("displayname") or self.path.stem,
             memory=memory_mib * MIB,
             vcpus=vcpus,
-            topology=_topology(vmx, vcpus),
-            firmware=_firmware(vmx),
+            topology=hw.topology(vmx, vcpus),
+            firmware=hw.firmware(vmx, warnings),
             disks=source_disks,
             removables=self._removables(vmx),
-            nics=_nics(vmx),
+            nics=hw.nics(vmx),
             origin="vmware",
             os_hint=vmx.get("guestos") or None,
             source_file=str(self.path),
-            extra=_extra(vmx),
+            genid=hw.genid(vmx, warnings),
+            secure_boot=vmx.get_bool("uefi.secureboot.enabled"),
+            warnings=tuple(warnings),
+            extra=hw.extra(vmx),
         )
 
     def close(self) -> None:
@@ -177,7 +148,7 @@ class VmxSource:
 
     # Disks: check everything first ------------------------------------------------------
 
-    def _check_disk(self, vmx: VmxFile, slot: _Slot) -> _Disk:
+    def _check_disk(self, vmx: VmxFile, slot: hw.Slot) -> _Disk:
         key = slot.label
         name = vmx.get(f"{key}.filename", "")
         where = f"{self.display}: disk {key}"
@@ -294,7 +265,7 @@ class VmxSource:
 
     def _removables(self, vmx: VmxFile) -> tuple[Removable, ...]:
         found: list[Removable] = []
-        for slot in _slots(vmx):
+        for slot in hw.device_slots(vmx):
             key = slot.label
             if vmx.get(f"{key}.devicetype", "").lower() not in CDROM_TYPES:
                 continue
@@ -302,7 +273,7 @@ class VmxSource:
             image = vmx.get(f"{key}.devicetype", "").lower() == "cdrom-image"
             path = self._media_path(vmx.get(f"{key}.filename")) if image else None
             found.append(Removable("cdrom", slot.controller, slot.bus, slot.unit, path))
-        for n in _indexes(vmx, "floppy"):
+        for n in hw.indexes(vmx, "floppy"):
             is_file = vmx.get(f"floppy{n}.filetype", "file").lower() == "file"
             path = self._media_path(vmx.get(f"floppy{n}.filename")) if is_file else None
             found.append(Removable("floppy", Controller.UNKNOWN, 0, n, path))
@@ -363,93 +334,3 @@ def _qemu_descriptor(layer: _Layer, parent: str | None, target: Path) -> VmdkDes
     return dataclasses.replace(
         desc, create_type=ctype, extents=tuple(extents), parent_filename_hint=parent
     )
-
-
-# The VMX's hardware ---------------------------------------------------------------------
-
-
-def _slots(vmx: VmxFile) -> list[_Slot]:
-    """Present devices on present controllers, in disk order."""
-    slots = []
-    for key in vmx:
-        match = _DEVICE_KEY.match(key)
-        if match is None or not vmx.get_bool(key):
-            continue
-        kind, bus, unit = match.group(1), int(match.group(2)), int(match.group(3))
-        # A device on a controller that is explicitly absent is not there for VMware either.
-        if not vmx.get_bool(f"{kind}{bus}.present", True):
-            continue
-        slots.append(_Slot(kind, bus, unit))
-    return sorted(slots, key=_Slot.sort_key)
-
-
-def _disk_slots(vmx: VmxFile) -> list[_Slot]:
-    return [s for s in _slots(vmx) if vmx.get(f"{s.label}.devicetype", "").lower() in DISK_TYPES]
-
-
-def _indexes(vmx: VmxFile, prefix: str) -> list[int]:
-    found = []
-    for key in vmx:
-        match = _INDEXED_KEY.match(key)
-        if match and match.group(1) == prefix and vmx.get_bool(key):
-            found.append(int(match.group(2)))
-    return sorted(found)
-
-
-def _topology(vmx: VmxFile, vcpus: int) -> CpuTopology | None:
-    cores = vmx.get_int("cpuid.corespersocket")
-    if cores is None or cores < 1 or vcpus % cores:
-        return None
-    return CpuTopology(sockets=vcpus // cores, cores=cores, threads=1)
-
-
-def _firmware(vmx: VmxFile) -> Firmware:
-    value = vmx.get("firmware", "").strip().lower()
-    return {"efi": Firmware.UEFI, "bios": Firmware.BIOS}.get(value, Firmware.UNKNOWN)
-
-
-def _nics(vmx: VmxFile) -> tuple[Nic, ...]:
-    nics = []
-    for n in _indexes(vmx, "ethernet"):
-        key = f"ethernet{n}"
-        address_type = vmx.get(f"{key}.addresstype", "").lower()
-        if address_type == "static":
-            mac = vmx.get(f"{key}.address")
-        elif address_type in ("generated", "vpx"):
-            mac = vmx.get(f"{key}.generatedaddress")
-        else:
-            mac = vmx.get(f"{key}.address") or vmx.get(f"{key}.generatedaddress")
-        connection = vmx.get(f"{key}.connectiontype", "").lower()
-        network = vmx.get(f"{key}.networkname") or (
-            vmx.get(f"{key}.vnet") if connection == "custom" else connection
-        )
-        model = vmx.get(f"{key}.virtualdev", DEFAULT_NIC_MODEL).lower()
-        nics.append(Nic(mac=normalise_mac(mac), model=model, network=network or None))
-    return tuple(nics)
-
-
-def _extra(vmx: VmxFile) -> dict[str, str]:
-    keys = {
-        "vmware.uuid": "uuid.bios",
-        "vmware.hw_version": "virtualhw.version",
-        "vmware.secure_boot": "uefi.secureboot.enabled",
-    }
-    return {name: value for name, key in keys.items() if (value := vmx.get(key))}
-
-
-def normalise_mac(value: str | None) -> str | None:
-    """Lower-case colon form, or None (let the target make one) if value is no MAC."""
-    if not value:
-        return None
-    mac = value.strip().lower().replace("-", ":")
-    return mac if _MAC.match(mac) else None
-
-
-def drive_name(index: int) -> str:
-    """sda, sdb ... sdz, sdaa ... as Linux names disks."""
-    letters = ""
-    index += 1
-    while index:
-        index, rem = divmod(index - 1, 26)
-        letters = chr(ord("a") + rem) + letters
-    return "sd" + letters

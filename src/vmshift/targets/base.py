@@ -24,26 +24,44 @@ from vmshift.model.vm import SourceVM
 
 @dataclass(frozen=True)
 class NetworkMap:
-    """--network/--bridge/--mac mappings. Keys: source network name, or MAC (lower case)."""
+    """--network/--bridge/--mac mappings. Keys: source network name, or MAC (lower case).
+
+    As in virt-v2v there is one default per kind of source connection: `--network OUT` for
+    NICs on a source network, `--bridge OUT` for NICs on a source bridge. A NIC whose own kind
+    has no default takes the other kind's, so a single default still covers every NIC.
+    """
 
     networks: dict[str, str] = field(default_factory=dict)  # in network -> out network
     bridges: dict[str, str] = field(default_factory=dict)  # in network -> out bridge
     macs: dict[str, tuple[str, str]] = field(default_factory=dict)  # mac -> (type, name)
-    default: tuple[str, str] | None = None  # (type, name) for everything else
+    default_network: str | None = None  # --network OUT
+    default_bridge: str | None = None  # --bridge OUT
 
-    def map(self, mac: str | None, network: str | None) -> tuple[str, str]:
-        """The (type, name) a source NIC connects to on the target."""
-        return self.lookup(mac, network) or ("network", "default")
+    def map(self, mac: str | None, network: str | None, kind: str = "network") -> tuple[str, str]:
+        """The (type, name) a source NIC connects to on the target; kind is the source NIC's
+        connection type (Nic.network_type)."""
+        return self.lookup(mac, network, kind) or ("network", "default")
 
-    def lookup(self, mac: str | None, network: str | None) -> tuple[str, str] | None:
-        """Like map(), but None when no mapping (not even a default) covers the NIC."""
+    def lookup(
+        self, mac: str | None, network: str | None, kind: str = "network"
+    ) -> tuple[str, str] | None:
+        """Like map(), but None when no mapping (not even a default) covers the NIC.
+
+        A source name is matched in both tables whatever the NIC's kind: sources disagree on
+        what a connection is (virt-v2v calls every OVF connection a bridge)."""
         if mac and mac.lower() in self.macs:
             return self.macs[mac.lower()]
         if network is not None and network in self.networks:
             return ("network", self.networks[network])
         if network is not None and network in self.bridges:
             return ("bridge", self.bridges[network])
-        return self.default
+        defaults = [("network", self.default_network), ("bridge", self.default_bridge)]
+        if kind == "bridge":
+            defaults.reverse()
+        for out_type, name in defaults:
+            if name is not None:
+                return (out_type, name)
+        return None
 
 
 @dataclass(frozen=True)

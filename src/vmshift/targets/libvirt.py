@@ -21,7 +21,9 @@ from typing import Any, cast
 from lxml import etree
 
 from vmshift.errors import TargetError
-from vmshift.formats.libvirt_xml import domain_xml
+from vmshift.formats.libvirt_domcaps import DomainCapabilities, parse_domain_capabilities
+from vmshift.formats.libvirt_xml import domain_xml, source_cpu_model
+from vmshift.formats.safexml import untrusted_parser
 from vmshift.guest.accel import detect_accelerator
 from vmshift.libvirt_binding import import_libvirt
 from vmshift.model.caps import GuestCaps
@@ -29,6 +31,7 @@ from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import SourceVM
 from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult
 from vmshift.targets.local import check_format_options, disk_file_name, output_name
+from vmshift.targets.platform import cpu_model_decision, secure_boot_decision
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_POOL = "default"
@@ -40,8 +43,7 @@ def _libvirt() -> Any:
 
 
 def _xml(text: str) -> etree._Element:
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
-    return etree.fromstring(text.encode(), parser)
+    return etree.fromstring(text.encode(), untrusted_parser())
 
 
 class LibvirtTarget:
@@ -199,14 +201,18 @@ class LibvirtTarget:
                 else str(d.final_path)
                 for d in disks
             ]
+            domain_type = self._domain_type(caps.arch)
+            cpu_model, secure_boot, warnings = self._platform(vm, caps, domain_type)
             xml = domain_xml(
                 vm,
                 caps,
                 [(p, d.format) for p, d in zip(paths, disks, strict=True)],
                 name=self._name,
                 networks=self._opts.networks,
-                domain_type=self._domain_type(caps.arch),
+                domain_type=domain_type,
                 os_type=os.type,
+                cpu_model=cpu_model,
+                secure_boot=secure_boot,
             )
             self._domain = self._conn.defineXMLFlags(xml, lv.VIR_DOMAIN_DEFINE_VALIDATE)
         except lv.libvirtError as exc:
@@ -218,9 +224,54 @@ class LibvirtTarget:
             description=f"guest {self._name} defined on {self._uri} "
             f"(start it with: virsh -c {self._uri} start {self._name})",
             files=tuple(Path(p) for p in paths),
+            warnings=warnings,
         )
         self._close()
         return result
+
+    def _platform(
+        self, vm: SourceVM, caps: GuestCaps, domain_type: str
+    ) -> tuple[bool, bool, tuple[str, ...]]:
+        """(describe the source's CPU model?, enforce secure boot?, warnings), as the target
+        libvirt's domain capabilities allow."""
+        model = source_cpu_model(vm)
+        domcaps, problem = None, ""
+        if caps.secure_boot or model is not None:
+            domcaps, problem = self._domain_capabilities(caps, domain_type)
+        where = f"libvirt on {self._uri}"
+        secure_boot, sb_warnings = secure_boot_decision(
+            caps,
+            domcaps is not None and domcaps.secure_boot,
+            problem or f"{where} has no secure-boot UEFI firmware for {caps.machine} guests",
+        )
+        runnable = bool(domcaps and model and model.model and domcaps.can_run(model.model))
+        if domcaps is None:
+            why_not = problem
+        elif model is not None and model.model in domcaps.cpu_models:
+            why_not = f"{where} cannot run it ({domain_type} domains)"
+        else:
+            why_not = f"{where} does not know it"
+        mode = "host-model" if domain_type == "kvm" else "maximum"
+        cpu_model, cpu_warnings = cpu_model_decision(
+            vm, runnable, why_not, f"the default CPU (mode {mode})"
+        )
+        return cpu_model, secure_boot, (*sb_warnings, *cpu_warnings)
+
+    def _domain_capabilities(
+        self, caps: GuestCaps, domain_type: str
+    ) -> tuple[DomainCapabilities | None, str]:
+        """The target's domain capabilities for this guest, or None and why not."""
+        try:
+            text = cast(
+                str,
+                self._conn.getDomainCapabilities(None, caps.arch, caps.machine, domain_type, 0),
+            )
+            return parse_domain_capabilities(text, f"-oc {self._uri}"), ""
+        except self._lv.libvirtError as exc:
+            reason = exc.get_error_message()
+        except TargetError as exc:
+            reason = exc.message
+        return None, f"cannot ask libvirt on {self._uri} what it supports: {reason}"
 
     def _domain_type(self, arch: str) -> str:
         """kvm only if libvirt offers it for arch and this host can really run it."""

@@ -18,13 +18,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vmshift.errors import TargetError
-from vmshift.formats.libvirt_xml import domain_xml, drive_letters
+from vmshift.formats.libvirt_xml import domain_xml
 from vmshift.guest.accel import detect_accelerator
 from vmshift.model.caps import GuestCaps
+from vmshift.model.devnames import drive_letters
 from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import SourceVM
 from vmshift.process import CommandFailed, run
 from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult
+from vmshift.targets.platform import (
+    cpu_model_decision,
+    libvirt_knows_cpu_model,
+    secure_boot_decision,
+)
 
 FORMATS = ("raw", "qcow2")
 ALLOCATIONS = ("sparse", "preallocated")
@@ -204,6 +210,19 @@ class OutputDirectory:
         self._made.clear()
 
 
+def local_platform(vm: SourceVM, caps: GuestCaps, kind: str) -> tuple[bool, bool, tuple[str, ...]]:
+    """(describe the source's CPU model?, enforce secure boot?, warnings) for an XML whose
+    host is not known yet: secure boot as asked (the host needs a secure-boot OVMF build), the
+    CPU model if libvirt knows its name at all."""
+    secure_boot, sb_warnings = secure_boot_decision(caps, True, "")
+    runnable, why_not = libvirt_knows_cpu_model(vm, caps.arch)
+    mode = "host-model" if kind == "kvm" else "maximum"
+    cpu_model, cpu_warnings = cpu_model_decision(
+        vm, runnable, why_not, f"the default CPU (mode {mode})"
+    )
+    return cpu_model, secure_boot, (*sb_warnings, *cpu_warnings)
+
+
 class LocalTarget:
     def __init__(self, opts: TargetOptions) -> None:
         self._opts = opts
@@ -223,14 +242,18 @@ class LocalTarget:
     ) -> TargetResult:
         finals = self._out.commit_disks(disks)
         name = self._out.name
+        kind = domain_type()
+        cpu_model, secure_boot, warnings = local_platform(vm, caps, kind)
         xml = domain_xml(
             vm,
             caps,
             [(p.absolute(), d.format) for p, d in zip(finals, disks, strict=True)],
             name=name,
             networks=self._opts.networks,
-            domain_type=domain_type(),
+            domain_type=kind,
             os_type=os.type,
+            cpu_model=cpu_model,
+            secure_boot=secure_boot,
         )
         # Validated under its temporary name: an invalid XML must never look finished.
         xml_path = self._out.write(f"{name}.xml", xml, check=validate_domain_xml)
@@ -238,6 +261,7 @@ class LocalTarget:
             name=name,
             description=f"{xml_path} (define it with: virsh define {xml_path})",
             files=(*finals, xml_path),
+            warnings=warnings,
         )
 
     def abort(self) -> None:

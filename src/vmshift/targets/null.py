@@ -13,8 +13,8 @@ import tempfile
 from pathlib import Path
 
 from vmshift.errors import TargetError
-from vmshift.formats.libvirt_xml import drive_letters
 from vmshift.model.caps import GuestCaps
+from vmshift.model.devnames import drive_letters
 from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import SourceVM
 from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult

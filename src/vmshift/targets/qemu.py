@@ -11,6 +11,11 @@ and then for the shell (shlex.quote), so no file or guest name can change the co
 The guest has user-mode networking (qemu's built-in NAT): libvirt networks and bridges named
 by --network/--bridge mean nothing to a bare qemu, and a bridge would need root.
 
+Secure boot (GuestCaps.secure_boot) needs an OVMF build with Microsoft's keys enrolled and
+SMM: found through the firmware descriptors only (a file name says too little), and run with
+-machine ...,smm=on and the secure pflash. The source's CPU model is used when this qemu lists
+it; the VM generation id becomes a vmgenid device.
+
 --qemu-boot runs the script with --daemonize at the end of finalize: qemu detaches once the
 guest is running, so the conversion finishes and reports where the console is. A failure to
 boot is reported in the result, not raised: the converted disks are fine and must not be
@@ -19,34 +24,31 @@ removed by the abort that an error would trigger.
 
 from __future__ import annotations
 
-import fnmatch
-import json
 import shlex
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from vmshift.errors import TargetError
-from vmshift.formats.libvirt_xml import effective_topology
+from vmshift.formats.genid import normalise_genid
+from vmshift.formats.libvirt_xml import cpu_features, effective_topology, source_cpu_model
 from vmshift.guest.accel import detect_accelerator
 from vmshift.model.caps import GuestCaps
 from vmshift.model.inspection import OperatingSystem
-from vmshift.model.vm import Firmware, SourceVM
+from vmshift.model.vm import CpuModel, Firmware, SourceVM
 from vmshift.process import CommandFailed, run
 from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult
 from vmshift.targets.local import OutputDirectory, output_name
-
-QEMU = "qemu-system-x86_64"
-FIRMWARE_DESCRIPTORS = (Path("/etc/qemu/firmware"), Path("/usr/share/qemu/firmware"))
-# Where distributions put OVMF when they ship no descriptors: (code, vars template).
-KNOWN_OVMF = (
-    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
-    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
-    ("/usr/share/qemu/ovmf-x86_64-code.bin", "/usr/share/qemu/ovmf-x86_64-vars.bin"),
+from vmshift.targets.platform import cpu_model_decision, secure_boot_decision
+from vmshift.targets.qemu_host import (
+    FIRMWARE_DESCRIPTORS,
+    QEMU,
+    find_uefi_firmware,
+    qemu_cpu_models,
 )
-# Firmware that would refuse to boot what the source booted, or needs SMM wiring.
-_UNWANTED_FEATURES = {"secure-boot", "enrolled-keys", "requires-smm"}
+
+# <feature policy> -> qemu's -cpu switch; "optional" has no qemu equivalent and is left out.
+_CPU_SWITCH = {"force": "+", "require": "+", "disable": "-", "forbid": "-"}
 _NET_DEVICE = {
     "virtio": "virtio-net-pci",
     "e1000": "e1000",
@@ -62,37 +64,11 @@ def qemu_value(text: str | Path) -> str:
     return str(text).replace(",", ",,")
 
 
-def find_uefi_firmware(machine: str) -> tuple[Path, Path] | None:
-    """(code, vars template) of a non-secure-boot OVMF for machine (q35 or pc), or None."""
-    sample = "pc-q35-99.0" if machine == "q35" else "pc-i440fx-99.0"
-    files: dict[str, Path] = {}
-    for folder in reversed(FIRMWARE_DESCRIPTORS):  # /etc overrides /usr/share by file name
-        if folder.is_dir():
-            files.update({p.name: p for p in folder.glob("*.json")})
-    for fname in sorted(files):
-        try:
-            desc = json.loads(files[fname].read_text())
-            mapping = desc["mapping"]
-            if "uefi" not in desc["interface-types"] or mapping.get("device") != "flash":
-                continue
-            if _UNWANTED_FEATURES & set(desc.get("features", [])):
-                continue
-            if not any(
-                t.get("architecture") == "x86_64"
-                and any(fnmatch.fnmatch(sample, m) for m in t.get("machines", []))
-                for t in desc.get("targets", [])
-            ):
-                continue
-            code = Path(mapping["executable"]["filename"])
-            varstore = Path(mapping["nvram-template"]["filename"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue  # a broken descriptor is someone else's problem; try the next
-        if code.is_file() and varstore.is_file():
-            return code, varstore
-    for code_s, vars_s in KNOWN_OVMF:
-        if Path(code_s).is_file() and Path(vars_s).is_file():
-            return Path(code_s), Path(vars_s)
-    return None
+def qemu_cpu(cpu: CpuModel) -> str:
+    """-cpu MODEL,+feature,-feature for a source CPU model (source_cpu_model checked it)."""
+    parts = [str(cpu.model)]
+    parts += [_CPU_SWITCH[f.policy] + f.name for f in cpu_features(cpu) if f.policy in _CPU_SWITCH]
+    return ",".join(parts)  # names are CPU_NAME-shaped: no ',' to escape
 
 
 def qemu_script(
@@ -105,18 +81,31 @@ def qemu_script(
     directory: Path,
     uefi: tuple[Path, Path] | None = None,
     os_type: str | None = None,
+    cpu_model: bool = False,
+    secure_boot: bool = False,
 ) -> str:
-    """The sh script; disks are (absolute path, format); uefi is (code, this guest's vars)."""
+    """The sh script; disks are (absolute path, format); uefi is (code, this guest's vars).
+
+    cpu_model: this qemu knows the source's CPU model (vm.cpu), so ask for it. secure_boot:
+    uefi is a secure-boot build; the machine gets SMM and the flash is locked to it.
+    """
     if caps.block_bus == "ide" and caps.machine == "q35":
         raise TargetError("IDE disks need machine type 'pc': q35 has no IDE controller")
+    if secure_boot and (uefi is None or caps.machine != "q35"):
+        raise TargetError("secure boot needs UEFI firmware and machine type q35")
     q = shlex.quote
+    model = source_cpu_model(vm) if cpu_model else None
+    machine = f"{caps.machine},smm=on" if secure_boot else caps.machine
     args: list[str] = [
         "-no-user-config", "-nodefaults",
         "-name", q(f"guest={qemu_value(name)}"),
-        "-machine", f"{caps.machine},accel={accel}",
-        "-cpu", "host" if accel == "kvm" else "max",
+        "-machine", f"{machine},accel={accel}",
+        "-cpu", q(qemu_cpu(model)) if model else "host" if accel == "kvm" else "max",
         "-m", str(-(-vm.memory // (1 << 20))),
     ]  # fmt: skip
+    genid = normalise_genid(vm.genid) if vm.genid else None
+    if genid is not None:
+        args += ["-device", f"vmgenid,guid={genid},id=vmgenid0"]
     smp = str(vm.vcpus)
     topo = effective_topology(vm)
     if topo is not None:
@@ -124,6 +113,9 @@ def qemu_script(
     args += ["-smp", smp, "-rtc", "base=localtime" if os_type == "windows" else "base=utc"]
     if uefi is not None:
         code, varstore = uefi
+        if secure_boot:
+            # Only code running in SMM may write the flash: the guest OS cannot change keys.
+            args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
         args += ["-drive", q(f"if=pflash,format=raw,unit=0,readonly=on,file={qemu_value(code)}")]
         args += ["-drive", q(f"if=pflash,format=raw,unit=1,file={qemu_value(varstore)}")]
 
@@ -264,9 +256,18 @@ class QemuTarget:
     ) -> TargetResult:
         name = self._out.name
         directory = self._out.dir.absolute()
+        secure = find_uefi_firmware(caps.machine, secure=True) if caps.secure_boot else None
+        secure_boot, warnings = secure_boot_decision(
+            caps,
+            secure is not None,
+            "no OVMF firmware descriptor offers secure boot with enrolled keys and SMM "
+            f"(in {' or '.join(map(str, FIRMWARE_DESCRIPTORS))}; Debian: package ovmf)",
+        )
+        cpu_model, cpu_warnings = self._cpu_model(vm, detect_accelerator().name)
+        warnings += cpu_warnings
         uefi = None
         if caps.firmware is Firmware.UEFI:
-            found = find_uefi_firmware(caps.machine)
+            found = secure if secure_boot else find_uefi_firmware(caps.machine)
             if found is None:
                 raise TargetError(
                     "the guest needs UEFI, but no OVMF firmware was found",
@@ -290,13 +291,27 @@ class QemuTarget:
             directory=directory,
             uefi=uefi,
             os_type=os.type,
+            cpu_model=cpu_model,
+            secure_boot=secure_boot,
         )
         script = self._out.write(f"{name}.sh", script_text, mode=0o755, check=check_script)
         files = (*finals, script, *([uefi[1]] if uefi else []))
         description = f"{script} (run it to boot the guest)"
         if self._opts.qemu_boot:
             description = f"{script}; {self._boot(script, directory / f'{name}.pid')}"
-        return TargetResult(name=name, description=description, files=files)
+        return TargetResult(name=name, description=description, files=files, warnings=warnings)
+
+    def _cpu_model(self, vm: SourceVM, accel: str) -> tuple[bool, tuple[str, ...]]:
+        model = source_cpu_model(vm)
+        known = qemu_cpu_models() if model is not None else None
+        runnable = known is not None and model is not None and model.model in known
+        why_not = (
+            f"{QEMU} -cpu help does not list it"
+            if known is not None
+            else f"{QEMU} -cpu help did not answer"
+        )
+        fallback = "-cpu host" if accel == "kvm" else "-cpu max"
+        return cpu_model_decision(vm, runnable, why_not, fallback)
 
     def _boot(self, script: Path, pidfile: Path) -> str:
         try:

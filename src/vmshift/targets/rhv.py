@@ -20,7 +20,7 @@ from xml.sax.saxutils import escape
 
 from vmshift.convert.windows.osdirs import SERVER, guest_kind
 from vmshift.errors import TargetError
-from vmshift.formats.libvirt_xml import effective_topology
+from vmshift.formats.libvirt_xml import effective_topology, source_cpu_model
 from vmshift.formats.ovirt_ovf import (
     BiosType,
     DisplayType,
@@ -39,6 +39,11 @@ from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult
 from vmshift.targets.export_domain import ExportDomain
 from vmshift.targets.local import check_format_options, output_name
 from vmshift.targets.ovirt_osinfo import osinfo_name
+from vmshift.targets.platform import (
+    cpu_model_decision,
+    libvirt_knows_cpu_model,
+    secure_boot_decision,
+)
 
 # What RHV data domains can import a volume as (format, allocation); qcow2 preallocated is
 # not a volume kind RHV has at all.
@@ -92,10 +97,26 @@ def check_storage_kind(fmt: str, allocation: str, data_domain: str | None) -> No
         )
 
 
-def bios_type(caps: GuestCaps) -> BiosType:
+def bios_type(caps: GuestCaps, secure_boot: bool = False) -> BiosType:
     if caps.firmware == Firmware.UEFI:
-        return BiosType.Q35_OVMF
+        return BiosType.Q35_SECURE_BOOT if secure_boot else BiosType.Q35_OVMF
     return BiosType.Q35_SEA_BIOS if caps.machine == "q35" else BiosType.I440FX_SEA_BIOS
+
+
+def rhv_platform(vm: SourceVM, caps: GuestCaps) -> tuple[str | None, bool, tuple[str, ...]]:
+    """(CustomCpuName or None, secure boot?, warnings).
+
+    The cluster that will run the guest is unknown here, so secure boot is written as asked
+    (its hosts need a secure-boot OVMF build) and the CPU model when libvirt knows the name:
+    the engine hands CustomCpuName to libvirt on the host. The generation id is not written:
+    the engine's OVF reader has no field for it (docs/rhv.md).
+    """
+    secure_boot, warnings = secure_boot_decision(caps, True, "")
+    runnable, why_not = libvirt_knows_cpu_model(vm, caps.arch)
+    use, cpu_warnings = cpu_model_decision(vm, runnable, why_not, "the cluster's CPU type")
+    model = source_cpu_model(vm)
+    name = model.model if use and model is not None else None
+    return name, secure_boot, (*warnings, *cpu_warnings)
 
 
 class RhvTarget:
@@ -215,6 +236,7 @@ class RhvTarget:
             for path in (disk.path, meta_path, disk.path.parent):
                 domain.chown(path)
 
+        cpu_name, secure_boot, platform_warnings = rhv_platform(vm, caps)
         ovf = OvirtVm(
             vm_id=self.vm_id,
             name=self.name,
@@ -224,7 +246,7 @@ class RhvTarget:
             os_name=osinfo_name(os_),
             os_description=os_.product_name or os_.distro,
             origin=ORIGINS.get(vm.origin),
-            bios_type=bios_type(caps),
+            bios_type=bios_type(caps, secure_boot),
             memory_mib=max(1, -(-vm.memory // (1 << 20))),
             **_topology(vm),
             disks=ovf_disks,
@@ -233,6 +255,7 @@ class RhvTarget:
             server=_is_server(os_),
             rng=caps.virtio_rng,
             balloon=caps.virtio_balloon,
+            custom_cpu_name=cpu_name,
         )
         vm_dir = self._staging / "vms" / self.vm_id
         vm_dir.mkdir(mode=0o755, parents=True)
@@ -248,7 +271,9 @@ class RhvTarget:
         self._move(vm_dir, final_vm)
         shutil.rmtree(self._staging, ignore_errors=True)
         self._staging = None
-        warnings = (domain.ownership.warning,) if domain.ownership.warning else ()
+        warnings = platform_warnings
+        if domain.ownership.warning:
+            warnings += (domain.ownership.warning,)
         # Named as the user knows them: on the NFS export, not on the private mount point.
         files = tuple(
             domain.shown(p) for p in (*[d.final_path for d in disks], final_vm / ovf_path.name)
@@ -278,7 +303,7 @@ class RhvTarget:
     def _nics(self, vm: SourceVM, caps: GuestCaps) -> list[OvfNic]:
         nics = []
         for n, nic in enumerate(vm.nics):
-            mapped = self._opts.networks.lookup(nic.mac, nic.network)
+            mapped = self._opts.networks.lookup(nic.mac, nic.network, nic.network_type)
             # RHV has logical networks only: a --bridge mapping names one just the same.
             network = mapped[1] if mapped else (nic.network or DEFAULT_NETWORK)
             nics.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vmshift.convert.base import ConvertOptions
+from vmshift.convert.firmware import keeps_secure_boot, target_firmware
 from vmshift.convert.linux import (
     bootloader,
     consoles,
@@ -14,7 +15,6 @@ from vmshift.convert.linux import (
     tools_removal,
 )
 from vmshift.convert.linux.context import LinuxGuest, family_of
-from vmshift.convert.unmodified import target_firmware
 from vmshift.guest.inspect import mount_os
 from vmshift.guest.session import GuestSession
 from vmshift.model.caps import GuestCaps
@@ -53,13 +53,15 @@ class LinuxConverter:
         finally:
             g.sync()
             g.umount_all()
+        firmware = target_firmware(vm, os)
         net_ok = guest.kernel is not None and guest.kernel.virtio_net is not DriverPresence.ABSENT
         return GuestCaps(
             block_bus=guest.block_bus,
             net_model="virtio" if virtio and net_ok else "e1000",
             video="vga",
             machine="q35",
-            firmware=target_firmware(vm, os),
+            firmware=firmware,
+            secure_boot=keeps_secure_boot(vm, firmware, opts),
             arch=os.arch,
             virtio_rng=virtio,
             virtio_balloon=virtio,

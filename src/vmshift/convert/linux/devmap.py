@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from vmshift.model.devnames import drive_letters
 from vmshift.model.vm import Controller, Removable, SourceDisk
 
 # A whole-disk name as the kernel spells it. Partitions follow directly (sda1) for the letter
@@ -27,16 +28,6 @@ _DISK = r"(?:(?:xvd|vd|sd|hd)[a-z]+|nvme\d+n\d+|cciss/c\d+d\d+)"
 _DEV = re.compile(rf"(?<![\w/.-])/dev/(?P<disk>{_DISK})(?P<part>p?\d+)?(?![\w/])")
 _LETTER_FAMILIES = ("sd", "hd", "vd", "xvd")
 _COMMENT = re.compile(r"^\s*#")
-
-
-def drive_name(index: int) -> str:
-    """The kernel's letters for the index-th disk: 0 -> a, 25 -> z, 26 -> aa, 701 -> zz."""
-    letters = ""
-    index += 1
-    while index > 0:
-        index, rest = divmod(index - 1, 26)
-        letters = chr(ord("a") + rest) + letters
-    return letters
 
 
 def ide_prefix(family: str, distro: str, major: int) -> str:
@@ -57,7 +48,7 @@ def target_prefix(block_bus: str, ide: str = "sd") -> str:
 def target_names(count: int, block_bus: str, ide: str = "sd") -> list[str]:
     """The converted guest's disk names, in source order."""
     prefix = target_prefix(block_bus, ide)
-    return [prefix + drive_name(i) for i in range(count)]
+    return [prefix + drive_letters(i) for i in range(count)]
 
 
 def _family(disk: str) -> str:
@@ -107,15 +98,15 @@ def device_map(
         if disk.controller is Controller.IDE and ide == "hd":
             # The old IDE driver names by position on the cable, not by probe order:
             # ide0:0 -> hda, ide0:1 -> hdb, ide1:0 -> hdc.
-            source = "hd" + drive_name(disk.bus * 2 + disk.unit)
+            source = "hd" + drive_letters(disk.bus * 2 + disk.unit)
         elif disk.controller is Controller.VIRTIO_BLK:
-            source = "vd" + drive_name(counters["vd"])
+            source = "vd" + drive_letters(counters["vd"])
             counters["vd"] += 1
         elif disk.controller is Controller.NVME:
             source = f"nvme{counters['nvme']}n1"
             counters["nvme"] += 1
         else:  # SCSI, SATA, virtio-scsi, IDE under libata, unknown: the sd probe order
-            source = "sd" + drive_name(counters["sd"])
+            source = "sd" + drive_letters(counters["sd"])
             counters["sd"] += 1
         mapping.setdefault(source, target)
     # On old guests an IDE CD-ROM had an hdX name that udev also links as /dev/cdrom; on the
@@ -124,7 +115,7 @@ def device_map(
     if ide == "hd":
         for r in removables:
             if r.controller is Controller.IDE:
-                name = "hd" + drive_name(r.bus * 2 + r.unit)
+                name = "hd" + drive_letters(r.bus * 2 + r.unit)
                 cdrom_names.add(name)
                 if r.kind == "cdrom":
                     mapping.setdefault(name, "cdrom")
@@ -140,7 +131,7 @@ def device_map(
             mapping[name] = targets[index]
     # Xen presents every disk as xvdX as well (and PV guests use nothing else).
     for index, target in enumerate(targets):
-        mapping.setdefault("xvd" + drive_name(index), target)
+        mapping.setdefault("xvd" + drive_letters(index), target)
     return mapping
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vmshift.convert.base import ConvertOptions
-from vmshift.convert.unmodified import target_firmware
+from vmshift.convert.firmware import keeps_secure_boot, target_firmware
 from vmshift.convert.windows import checks, drivers, firstboot, services, uefi
 from vmshift.convert.windows.context import WindowsGuest, make_guest
 from vmshift.guest.inspect import mount_os
@@ -58,6 +58,7 @@ def guest_caps(guest: WindowsGuest) -> GuestCaps:
         video="qxl" if "qxldod" in have or "qxl" in have else "vga",
         machine=machine,
         firmware=firmware,
+        secure_boot=keeps_secure_boot(guest.vm, firmware, guest.opts),
         arch="i686" if os.arch in ("i386", "i486", "i586", "i686") else os.arch,
         virtio_rng="viorng" in have,
         virtio_balloon="balloon" in have,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from vmshift.convert.unmodified import target_firmware
+from vmshift.convert.firmware import target_firmware
 from vmshift.errors import ConversionError
 from vmshift.model.vm import Firmware
 

@@ -21,17 +21,7 @@ from vmshift.formats.profiles.common import (
     add_rule,
     check_choice,
 )
-
-
-def _xml_parser() -> etree.XMLParser:
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
+from vmshift.formats.safexml import untrusted_parser
 
 
 def _line(element: Any) -> int | None:
@@ -45,7 +35,7 @@ def _children(element: Any, tag: str) -> list[Any]:
 
 def parse_xml(data: bytes, path: Path) -> ProfileFile:
     try:
-        root = etree.fromstring(data, _xml_parser())
+        root = etree.fromstring(data, untrusted_parser())
     except etree.XMLSyntaxError as exc:
         line = exc.lineno if isinstance(exc.lineno, int) and exc.lineno > 0 else None
         msg = getattr(exc, "msg", None) or str(exc)
