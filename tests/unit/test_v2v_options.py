@@ -9,14 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from vmshift.blockio.progress import Event, WarningEvent
 from vmshift.cli import convert_cmd, mode_options
 from vmshift.cli.main import build_parser
 from vmshift.cli.options import network_map
 from vmshift.cli.profile_options import apply_profile, target_networks
 from vmshift.cli.render import ProgressPrinter
-from vmshift.errors import ConversionError, UsageError
+from vmshift.convert.base import ConvertOptions
+from vmshift.convert.firmware import keeps_secure_boot
+from vmshift.errors import ConversionError, TargetError, UsageError
 from vmshift.model.inspection import OperatingSystem
-from vmshift.pipeline import choose_root
+from vmshift.model.vm import Firmware, SourceVM
+from vmshift.pipeline import RunOptions, choose_root, run_conversion
 from vmshift.targets.base import NetworkMap
 
 
@@ -233,3 +237,63 @@ def test_the_terminal_prompt_at_end_of_input(monkeypatch: pytest.MonkeyPatch) ->
     printer = ProgressPrinter(quiet=True, machine_readable=False, console=None)  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="--root ask: no answer on the terminal"):
         convert_cmd.ask_root(printer, TWO)
+
+
+# ---- secure boot ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source_has_it", "firmware", "flag", "kept"),
+    [
+        (True, Firmware.UEFI, True, True),
+        (True, Firmware.UEFI, False, False),  # --no-secure-boot
+        (True, Firmware.BIOS, True, False),
+        (False, Firmware.UEFI, True, False),
+    ],
+)
+def test_secure_boot_is_kept_from_the_source(
+    source_has_it: bool, firmware: Firmware, flag: bool, kept: bool
+) -> None:
+    vm = SourceVM("g", 1 << 30, 1, None, firmware, (), secure_boot=source_has_it)
+    assert keeps_secure_boot(vm, firmware, ConvertOptions(secure_boot=flag)) is kept
+
+
+def test_no_secure_boot_flag() -> None:
+    assert convert_args("-i", "vmx", "g.vmx").secure_boot is True
+    assert convert_args("-i", "vmx", "g.vmx", "--no-secure-boot").secure_boot is False
+
+
+# ---- what a source read past reaches the user -----------------------------------------------
+
+
+class _WarnedSource:
+    def open(self, workdir: Path) -> SourceVM:
+        return SourceVM("g", 1 << 30, 1, None, Firmware.BIOS, (), warnings=("a.mf: line 3 ...",))
+
+    def close(self) -> None:
+        pass
+
+
+class _RefusingTarget:
+    def check(self, vm: SourceVM) -> None:
+        raise TargetError("-os /nowhere: no such directory")
+
+
+def test_source_warnings_are_events_even_when_the_run_then_fails(tmp_path: Path) -> None:
+    events: list[Event] = []
+    with pytest.raises(TargetError):
+        run_conversion(
+            _WarnedSource(),
+            _RefusingTarget(),  # type: ignore[arg-type]
+            RunOptions(workdir_parent=tmp_path),
+            events.append,
+        )
+    assert WarningEvent("a.mf: line 3 ...") in events
+    assert list(tmp_path.iterdir()) == []  # the work directory went too
+
+
+def test_warning_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    ProgressPrinter(quiet=False, machine_readable=True, console=None).event(  # type: ignore[arg-type]
+        WarningEvent("x.ova: no manifest")
+    )
+    assert capsys.readouterr().out == "warning x.ova: no manifest\n"
