@@ -22,6 +22,8 @@ DEBS=(
     nfs-common
     # -i libvirt -ip: the tests run a private libvirtd that asks for a SASL login (saslpasswd2).
     sasl2-bin
+    # -ic esx:// and vpx://: the tests build govmomi's vSphere simulator from Debian's Go sources.
+    golang-go golang-github-vmware-govmomi-dev
 )
 
 missing=()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import getpass
 import importlib
 import sys
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from vmshift.model.inspection import OperatingSystem
 from vmshift.pipeline import ConversionResult, RunOptions, run_conversion
 from vmshift.sources import SOURCES
 from vmshift.sources.base import Source, SourceOptions
+from vmshift.sources.vsphere_uri import parse_vsphere_uri
 from vmshift.targets import TARGETS
 from vmshift.targets.base import Target, TargetOptions
 
@@ -182,10 +185,12 @@ def _instantiate(table: dict[str, str], name: str, kind: str, opts: Any) -> Any:
 
 
 def make_source(args: argparse.Namespace) -> Source:
+    mode = mode_options.input_mode(args)
     opts = SourceOptions(
         args=tuple(args.args),
         conn=args.input_conn,
         password=mode_options.input_password(args),
+        options=mode_options.input_options(args),
         transport=args.input_transport,
         input_format=args.input_format,
         memory=memory_size(args.memory) if args.memory else None,
@@ -194,8 +199,24 @@ def make_source(args: argparse.Namespace) -> Source:
     )
     if not args.args:
         raise UsageError(f"-i {args.input}: name the guest (a file, disk images or a guest name)")
-    source: Source = _instantiate(SOURCES, args.input, "input", opts)
+    if mode == "vsphere" and opts.password is None:
+        opts = dataclasses.replace(opts, password=_ask_password(args.input_conn))
+    source: Source = _instantiate(SOURCES, mode, "input", opts)
     return source
+
+
+def _ask_password(conn: str) -> str:
+    """The vSphere password from the terminal; without one, an error (never a wait on stdin)."""
+    uri = parse_vsphere_uri(conn)
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"-ic {conn}: a password is needed and there is no terminal to ask on",
+            hint="give -ip FILE (the password on its first line)",
+        )
+    try:
+        return getpass.getpass(f"Password for {uri.user} on {uri.server}: ")
+    except EOFError:
+        raise UsageError(f"-ic {conn}: no password given") from None
 
 
 def make_target(args: argparse.Namespace, out: mode_options.OutputOptions) -> Target:
@@ -373,8 +394,6 @@ class _Overridden:
         self.vcpus = vcpus
 
     def open(self, workdir: Path) -> Any:
-        import dataclasses
-
         vm = self.inner.open(workdir)
         changes: dict[str, Any] = {}
         if self.memory:

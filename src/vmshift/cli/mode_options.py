@@ -7,7 +7,8 @@ which mode uses what:
     -oo compressed      -o local, libvirt, qemu (with -of qcow2): compressed output clusters
     -oo qemu-boot       -o qemu: boot the guest after writing it (also --qemu-boot)
     -ip FILE            -i libvirt: the password of the -ic connection (first line of FILE)
-    -io, -op            no vmshift mode uses them yet (virt-v2v: -it vddk, -o openstack ...)
+    -io vddk-thumbprint -ic esx:// or vpx://: pin the server's certificate
+    -op                 no vmshift output uses it yet (virt-v2v: -o openstack ...)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from vmshift.errors import UsageError
 from vmshift.formats.vmx import parse_bool
+from vmshift.sources.vsphere_uri import is_vsphere_uri
 
 # -o NAME (after aliases) -> the -oo options it takes, with their help lines.
 OUTPUT_OPTIONS: dict[str, dict[str, str]] = {
@@ -30,10 +32,12 @@ OUTPUT_OPTIONS: dict[str, dict[str, str]] = {
     "rhv": {},
     "null": {},
 }
-# -i NAME -> the -io options it takes.
-INPUT_OPTIONS: dict[str, dict[str, str]] = {}
+# -i NAME -> the -io options it takes ("vsphere": -i libvirt with -ic esx:// or vpx://).
+INPUT_OPTIONS: dict[str, dict[str, str]] = {
+    "vsphere": {"vddk-thumbprint": "the server certificate's SHA-1 (or SHA-256) fingerprint"},
+}
 # Modes that use a password file.
-INPUT_PASSWORD = frozenset({"libvirt"})
+INPUT_PASSWORD = frozenset({"libvirt", "vsphere"})
 OUTPUT_PASSWORD: frozenset[str] = frozenset()
 
 
@@ -75,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def wants_help(args: argparse.Namespace) -> str | None:
     """The text `-io ?` or `-oo ?` asks for, if it was given."""
     for flag, values, kind, mode, table in (
-        ("-io", args.input_options, "input", f"-i {args.input}", INPUT_OPTIONS),
+        ("-io", args.input_options, "input", f"-i {input_mode(args)}", INPUT_OPTIONS),
         ("-oo", args.output_options, "output", f"-o {args.output}", OUTPUT_OPTIONS),
     ):
         if "?" in (values or []):
@@ -113,14 +117,38 @@ def output_options(args: argparse.Namespace, output: str) -> OutputOptions:
     return opts
 
 
-def input_password(args: argparse.Namespace) -> str | None:
-    """-ip FILE's password for an input mode that uses one; -io refused (no mode takes any)."""
+def input_mode(args: argparse.Namespace) -> str:
+    """-i's value, or "vsphere" for -i libvirt with an esx:// or vpx:// -ic."""
+    mode: str = args.input
+    if mode == "libvirt" and is_vsphere_uri(args.input_conn):
+        return "vsphere"
+    return mode
+
+
+def input_options(args: argparse.Namespace) -> dict[str, str]:
+    """-io KEY=VALUE checked against what the input mode takes."""
+    mode = input_mode(args)
+    allowed = INPUT_OPTIONS.get(mode, {})
+    shown = f"-i {args.input}" + (f" -ic {args.input_conn}" if mode != args.input else "")
+    options: dict[str, str] = {}
     for text in args.input_options or []:
-        raise UsageError(f"-io {text}: -i {args.input} takes no input options")
+        key, sep, value = text.partition("=")
+        if not allowed:
+            raise UsageError(f"-io {text}: {shown} takes no input options")
+        if key not in allowed or not sep or not value:
+            raise UsageError(
+                f"-io {text}: {shown} takes {', '.join(k + '=VALUE' for k in allowed)}"
+            )
+        options[key] = value
+    return options
+
+
+def input_password(args: argparse.Namespace) -> str | None:
+    """-ip FILE's password for an input mode that uses one."""
     path = args.input_password_file
     if path is None:
         return None
-    if args.input not in INPUT_PASSWORD:
+    if input_mode(args) not in INPUT_PASSWORD:
         raise UsageError(f"-i {args.input}: -ip is not used by this input mode")
     return read_password_file("-ip", Path(path))
 

@@ -9,4 +9,6 @@ SOURCES: dict[str, str] = {
     "ova": "vmshift.sources.ova:OvaSource",
     "libvirtxml": "vmshift.sources.libvirtxml:LibvirtXmlSource",
     "libvirt": "vmshift.sources.libvirt:LibvirtSource",
+    # -i libvirt with -ic esx://... or vpx://... (virt-v2v's spelling) picks this one.
+    "vsphere": "vmshift.sources.vsphere:VsphereSource",
 }

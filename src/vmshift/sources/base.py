@@ -29,6 +29,7 @@ class SourceOptions:
     args: tuple[str, ...]  # the positional arguments: a file, several disks, or a guest name
     conn: str | None = None  # -ic URI
     password: str | None = None  # the password of the -ic connection (-ip FILE's first line)
+    options: dict[str, str] = field(default_factory=dict)  # -io KEY=VALUE
     transport: str | None = None  # -it
     input_format: str | None = None  # -if: the disks' format, when detection must be overridden
     # Overrides/defaults for sources without metadata (-i disk).

@@ -1,0 +1,209 @@
+"""-ic esx:// and vpx:// against govmomi's vSphere simulator (TLS on 127.0.0.1, one login):
+what `--print-source` reads through the vSphere API and the datastore's HTTPS file service, and
+every refusal in one line, quickly, with the datastore's files unchanged."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import sha256, vmshift
+from tests.vsphere.simulator import (
+    SimDisk,
+    SimNic,
+    Simulator,
+    SimVm,
+    flat_file,
+    make_flat_vmdk,
+    simulator,
+)
+
+pytestmark = pytest.mark.skipif(shutil.which("nbdkit") is None, reason="needs nbdkit")
+
+PASSWORD = "s3cret:pass word"
+GENID = ("-802103094701856339", "-5104727847056752683")  # virt-v2v's test-i-vmx-7 values
+QUICK = 20.0
+
+
+@pytest.fixture(scope="module")
+def disks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Flat VMDKs with a known first sector, for the simulator's datastore."""
+    base = tmp_path_factory.mktemp("vsphere-disks")
+    for name, size in (("efi", 64), ("busy", 16)):
+        raw = base / f"{name}.raw"
+        with raw.open("wb") as f:
+            f.truncate(size << 20)
+            f.write(f"vmshift {name} disk".encode().ljust(512, b"\0"))
+        make_flat_vmdk(raw, "raw", base / f"{name}.vmdk")
+    return base
+
+
+def _vms(disks: Path) -> list[SimVm]:
+    return [
+        SimVm(
+            "sb-guest",
+            (SimDisk(disks / "efi.vmdk"),),
+            (SimNic("00:50:56:aa:bb:01"), SimNic("00:50:56:aa:bb:02", model="e1000")),
+            memory_mib=2048,
+            vcpus=4,
+            cores_per_socket=2,
+            firmware="efi",
+            secure_boot=True,
+            guest_id="windows2019srv_64Guest",
+            extra_config={"vm.genid": GENID[0], "vm.genidX": GENID[1]},
+        ),
+        SimVm("busy", (SimDisk(disks / "busy.vmdk", "lsilogic"),), power_on=True),
+        SimVm("noflat", (SimDisk(disks / "busy.vmdk"),)),
+    ]
+
+
+@pytest.fixture(scope="module", params=["esx", "vpx"])
+def sim(request: pytest.FixtureRequest, disks: Path) -> Iterator[Simulator]:
+    user = "root" if request.param == "esx" else "administrator@vsphere.local"
+    with simulator(request.param, user, PASSWORD) as server:
+        for vm in _vms(disks):
+            server.add_vm(vm)
+        # As on vSAN: the descriptor is there, no flat file behind it.
+        (server.datastore_dir / "noflat" / "busy-flat.vmdk").unlink()
+        yield server
+
+
+@pytest.fixture(scope="module")
+def password_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pw") / "password"
+    path.write_text(PASSWORD + "\n")
+    return path
+
+
+def run(
+    sim: Simulator, *args: str | Path, uri: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return vmshift(["convert", "-ic", uri or sim.uri(), *args], timeout=120)
+
+
+def one_error(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode in (1, 2), proc.stdout + proc.stderr  # 2: a command-line problem
+    assert "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("vmshift: error:")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def row(out: str, key: str) -> str:
+    for line in out.splitlines():
+        if line.strip().startswith(key + " "):
+            return line.strip()[len(key) :].strip()
+    raise AssertionError(f"no {key!r} row in:\n{out}")
+
+
+def test_print_source_reads_the_vm(sim: Simulator, disks: Path, password_file: Path) -> None:
+    before = {p: sha256(p) for p in (disks / "efi.vmdk", flat_file(disks / "efi.vmdk"))}
+    proc = run(sim, "sb-guest", "-ip", password_file, "--print-source")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert row(out, "name") == "sb-guest"
+    assert row(out, "origin") == "vmware"
+    assert row(out, "VM genid") == "2f0de9ad-5b7c-f4de-d53f-23b1115d28b9"
+    assert row(out, "memory") == "2.0 GiB"
+    assert row(out, "vCPUs") == "4 (2 sockets x 2 cores x 1)"
+    assert row(out, "firmware") == "uefi"
+    assert row(out, "UEFI secure boot") == "yes"
+    assert row(out, "guest OS hint") == "windows2019srv_64Guest"
+    assert "scsi (pvscsi)" in out and "64.0 MiB" in out and "nbd+unix" in out
+    assert "00:50:56:aa:bb:01" in out and "network VM Network" in out
+    assert "00:50:56:aa:bb:02" in out and "e1000" in out
+    assert PASSWORD not in proc.stdout + proc.stderr
+    assert {p: sha256(p) for p in before} == before
+
+
+def test_the_disk_is_read_over_https(sim: Simulator, password_file: Path, tmp_path: Path) -> None:
+    """The endpoint --print-source names is served from the datastore: read its first sector
+    while the source is open, through the library (the CLI's endpoint dies with it)."""
+    from vmshift.sources.base import SourceOptions
+    from vmshift.sources.vsphere import VsphereSource
+
+    source = VsphereSource(SourceOptions(args=("sb-guest",), conn=sim.uri(), password=PASSWORD))
+    try:
+        vm = source.open(tmp_path)
+        import nbd
+
+        handle = nbd.NBD()
+        handle.connect_uri(vm.disks[0].endpoint.uri)
+        assert handle.pread(512, 0).rstrip(b"\0") == b"vmshift efi disk"
+        assert handle.get_size() == 64 << 20
+        handle.shutdown()
+    finally:
+        source.close()
+    assert oct((tmp_path / "vsphere-cookie").stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("wrong password", "login failed for "),
+        ("unknown VM", "sb-gues: no such VM on "),
+        ("powered on", "busy: the VM is poweredOn"),
+        ("no flat file", "noflat/busy.vmdk: noflat/busy-flat.vmdk: cannot be read over HTTPS"),
+        ("no password, no terminal", "a password is needed and there is no terminal"),
+        ("certificate", "the server's certificate is not trusted"),
+        ("wrong fingerprint", "the server's certificate fingerprint is "),
+    ],
+)
+def test_refusals(
+    sim: Simulator, password_file: Path, tmp_path: Path, case: str, expected: str
+) -> None:
+    bad = tmp_path / "bad"
+    bad.write_text("wrong\n")
+    args: list[str | Path] = ["sb-guest", "-ip", password_file, "--print-source"]
+    uri = None
+    if case == "wrong password":
+        args[2] = bad
+    elif case == "unknown VM":
+        args[0] = "sb-gues"
+    elif case == "powered on":
+        args[0] = "busy"
+    elif case == "no flat file":
+        args[0] = "noflat"
+    elif case == "no password, no terminal":
+        args = ["sb-guest", "--print-source"]
+    elif case == "certificate":
+        uri = sim.uri(no_verify=False)
+    elif case == "wrong fingerprint":
+        uri = sim.uri(no_verify=False)
+        args += ["-io", "vddk-thumbprint=" + ":".join(["AB"] * 20)]
+    started = time.monotonic()
+    error = one_error(run(sim, *args, uri=uri))
+    assert expected in error, error
+    assert time.monotonic() - started < QUICK
+    if case == "unknown VM":
+        assert "did you mean: sb-guest?" in run(sim, *args, uri=uri).stderr
+
+
+def test_a_pinned_fingerprint_replaces_the_ca(sim: Simulator, password_file: Path) -> None:
+    refused = run(
+        sim, "sb-guest", "-ip", password_file, "--print-source", uri=sim.uri(no_verify=False)
+    )
+    hint = next(line for line in refused.stderr.splitlines() if "vddk-thumbprint=" in line)
+    pin = hint.split("vddk-thumbprint=", 1)[1].split(",", 1)[0]
+    proc = run(
+        sim, "sb-guest", "-ip", password_file, "--print-source", "-io", f"vddk-thumbprint={pin}",
+        uri=sim.uri(no_verify=False),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert row(proc.stdout, "name") == "sb-guest"
+
+
+def test_unreachable_host_fails_in_seconds(password_file: Path) -> None:
+    started = time.monotonic()
+    proc = vmshift(
+        ["convert", "-ic", "esx://127.0.0.1:9/?no_verify=1", "g", "-ip", password_file,
+         "--print-source"],
+        timeout=60,
+    )  # fmt: skip
+    assert "esx://127.0.0.1:9: cannot connect" in one_error(proc)
+    assert time.monotonic() - started < QUICK
