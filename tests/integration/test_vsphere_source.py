@@ -4,8 +4,11 @@ every refusal in one line, quickly, with the datastore's files unchanged."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,3 +210,69 @@ def test_unreachable_host_fails_in_seconds(password_file: Path) -> None:
     )  # fmt: skip
     assert "esx://127.0.0.1:9: cannot connect" in one_error(proc)
     assert time.monotonic() - started < QUICK
+
+
+class DroppingProxy:
+    """A TCP proxy to the simulator on 127.0.0.1 that cuts the first connection whose answer
+    grows past `limit` bytes (a disk read; the API's answers are smaller), as a reset link
+    would, and passes everything else through."""
+
+    def __init__(self, target_port: int, limit: int = 256 << 10) -> None:
+        self.target_port = target_port
+        self.limit = limit
+        self.dropped = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                sent += len(data)
+                if answers and sent > self.limit and self.dropped == 0:
+                    self.dropped += 1
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_dropped_connection_is_retried(sim: Simulator, tmp_path: Path) -> None:
+    from vmshift.sources.base import SourceOptions
+    from vmshift.sources.vsphere import VsphereSource
+
+    proxy = DroppingProxy(sim.port)
+    uri = sim.uri().replace(f":{sim.port}/", f":{proxy.port}/")
+    source = VsphereSource(SourceOptions(args=("sb-guest",), conn=uri, password=PASSWORD))
+    try:
+        vm = source.open(tmp_path)
+        import nbd
+
+        handle = nbd.NBD()
+        handle.connect_uri(vm.disks[0].endpoint.uri)
+        data = handle.pread(4 << 20, 0)
+        handle.shutdown()
+    finally:
+        source.close()
+        proxy.close()
+    assert proxy.dropped == 1, "the read never crossed the proxy's limit"
+    assert data[:512].rstrip(b"\0") == b"vmshift efi disk"
+    assert len(data) == 4 << 20 and not any(data[512:])

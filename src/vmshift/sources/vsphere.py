@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0  # an unreachable host fails in seconds, not minutes
 NBDKIT_START = 30.0
 THUMBPRINT_OPTION = "vddk-thumbprint"
+RETRIES = 6  # nbdkit's retry filter: 1 + 2 + ... + 32 s of waiting at the most
 
 
 class VsphereSource:
@@ -221,10 +222,13 @@ class VsphereSource:
             with os.fdopen(fd, "w") as f:
                 f.write(self._si._stub.cookie.split(";", 1)[0])
         sock = workdir / f"vsphere-{index}.sock"
+        # The retry filter reopens the HTTPS connection and repeats a failed read, waiting
+        # 1, 2, 4 ... 32 s: a reset connection or a 5xx costs a retry, not the copy.
         argv = [
             "nbdkit", "--exit-with-parent", "--foreground", "--readonly", "-U", str(sock),
-            "curl", f"url={url}", f"cookie=+{cookie}", "timeout=60",
+            "--filter=retry", "curl", f"url={url}", f"cookie=+{cookie}", "timeout=60",
             f"sslverify={'false' if uri.no_verify or self._thumbprint else 'true'}",
+            f"retries={RETRIES}", "retry-delay=1", "retry-exponential=yes",
         ]  # fmt: skip
         log.info("serving %s: nbdkit curl %s", label, url)
         try:
