@@ -62,6 +62,7 @@ def _vms(disks: Path) -> list[SimVm]:
         ),
         SimVm("busy", (SimDisk(disks / "busy.vmdk", "lsilogic"),), power_on=True),
         SimVm("noflat", (SimDisk(disks / "busy.vmdk"),)),
+        SimVm("snapped", (SimDisk(disks / "busy.vmdk"),)),
     ]
 
 
@@ -73,6 +74,7 @@ def sim(request: pytest.FixtureRequest, disks: Path) -> Iterator[Simulator]:
             server.add_vm(vm)
         # As on vSAN: the descriptor is there, no flat file behind it.
         (server.datastore_dir / "noflat" / "busy-flat.vmdk").unlink()
+        server.snapshot("snapped", "before-upgrade")
         yield server
 
 
@@ -152,6 +154,7 @@ def test_the_disk_is_read_over_https(sim: Simulator, password_file: Path, tmp_pa
         ("unknown VM", "sb-gues: no such VM on "),
         ("powered on", "busy: the VM is poweredOn"),
         ("no flat file", "noflat/busy.vmdk: noflat/busy-flat.vmdk: cannot be read over HTTPS"),
+        ("snapshots", "snapped: the VM has snapshots (before-upgrade)"),
         ("no password, no terminal", "a password is needed and there is no terminal"),
         ("certificate", "the server's certificate is not trusted"),
         ("wrong fingerprint", "the server's certificate fingerprint is "),
@@ -172,6 +175,8 @@ def test_refusals(
         args[0] = "busy"
     elif case == "no flat file":
         args[0] = "noflat"
+    elif case == "snapshots":
+        args[0] = "snapped"
     elif case == "no password, no terminal":
         args = ["sb-guest", "--print-source"]
     elif case == "certificate":

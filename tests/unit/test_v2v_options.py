@@ -154,7 +154,13 @@ def test_option_listings() -> None:
 def test_io_is_refused_naming_it() -> None:
     args = convert_args("-i", "libvirt", "guest", "-io", "vddk-libdir=/opt/vddk")
     with pytest.raises(UsageError, match=r"^-io vddk-libdir=/opt/vddk: -i libvirt takes no input"):
-        mode_options.input_password(args)
+        mode_options.input_options(args)
+    vsphere = convert_args("-ic", "esx://h/", "guest", "-io", "vddk-libdir=/opt/vddk")
+    with pytest.raises(UsageError) as exc:
+        mode_options.input_options(vsphere)
+    assert exc.value.message == (
+        "-io vddk-libdir=/opt/vddk: -i libvirt -ic esx://h/ takes vddk-thumbprint=VALUE"
+    )
 
 
 def test_ip_is_read_for_libvirt_only(tmp_path: Path) -> None:

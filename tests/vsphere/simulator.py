@@ -163,6 +163,24 @@ class Simulator:
 
             Disconnect(si)
 
+    def snapshot(self, vm_name: str, snapshot_name: str) -> None:
+        """Take a snapshot of a registered VM through the API."""
+        from pyVim.connect import Disconnect
+        from pyVim.task import WaitForTask
+        from pyVmomi import vim
+
+        si = self.connect()
+        try:
+            content = si.RetrieveContent()
+            view = content.viewManager.CreateContainerView(
+                content.rootFolder, [vim.VirtualMachine], True
+            )
+            vm = next(v for v in view.view if v.name == vm_name)
+            view.Destroy()
+            WaitForTask(vm.CreateSnapshot_Task(snapshot_name, "", False, False))
+        finally:
+            Disconnect(si)
+
 
 def flat_file(descriptor: Path) -> Path:
     return descriptor.with_name(descriptor.stem + "-flat.vmdk")

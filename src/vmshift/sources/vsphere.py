@@ -170,8 +170,9 @@ class VsphereSource:
         state = str(vm.runtime.powerState)
         if state != "poweredOff":
             raise SourceError(f"{where}: the VM is {state}", hint="shut the guest down first")
-        if vm.rootSnapshot:
-            names = [s.name for s in vm.snapshot.rootSnapshotList]
+        # rootSnapshot is what vSphere fills in; govmomi's simulator keeps only the layout.
+        if vm.rootSnapshot or (vm.layoutEx is not None and vm.layoutEx.snapshot):
+            names = _snapshot_names(vm.snapshot.rootSnapshotList)
             raise SourceError(
                 f"{where}: the VM has snapshots ({', '.join(names)}); its disks are deltas",
                 hint="delete or consolidate the snapshots in vSphere first",
@@ -279,6 +280,14 @@ def _thumbprint(uri: VsphereUri, digest: Any) -> str:
     der = ssl.PEM_cert_to_DER_cert(pem)
     hexed = digest(der).hexdigest().upper()
     return ":".join(hexed[i : i + 2] for i in range(0, len(hexed), 2))
+
+
+def _snapshot_names(tree: list[Any]) -> list[str]:
+    names: list[str] = []
+    for node in tree:
+        names.append(str(node.name))
+        names.extend(_snapshot_names(list(node.childSnapshotList)))
+    return names
 
 
 def _datacenter_of(vm: Any) -> str:
