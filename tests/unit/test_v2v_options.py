@@ -303,3 +303,23 @@ def test_warning_lines(capsys: pytest.CaptureFixture[str]) -> None:
         WarningEvent("x.ova: no manifest")
     )
     assert capsys.readouterr().out == "warning x.ova: no manifest\n"
+
+
+def test_the_report_document() -> None:
+    from vmshift.model.caps import Change, GuestCaps
+    from vmshift.pipeline import ConversionResult
+    from vmshift.report import conversion_report
+    from vmshift.targets.base import TargetResult
+
+    vm = SourceVM("g", 1 << 30, 1, None, Firmware.BIOS, (), origin="vmware", warnings=("w1",))
+    caps = GuestCaps(
+        "virtio-blk", "virtio", "vga", "q35", Firmware.BIOS, "x86_64",
+        changes=(Change("devices", "sda -> vda", "/etc/fstab"),),
+    )  # fmt: skip
+    target = TargetResult("g-kvm", "written to /out", (Path("/out/g-kvm-sda"),), ("chown",))
+    doc = conversion_report(ConversionResult(vm, TWO[0], caps, target), "vmshift: done")
+    assert doc["schema"] == "vmshift-convert-report/1"
+    assert doc["source"] == {"name": "g", "origin": "vmware", "file": None, "warnings": ["w1"]}
+    assert doc["os"]["root"] == "/dev/sda2" and doc["devices"]["virtio"] is True
+    assert doc["changes"] == [{"step": "devices", "what": "sda -> vda", "path": "/etc/fstab"}]
+    assert doc["target"]["files"] == ["/out/g-kvm-sda"] and doc["verdict"] == "vmshift: done"

@@ -22,6 +22,7 @@ from vmshift.convert.base import ConvertOptions
 from vmshift.errors import UsageError
 from vmshift.model.inspection import OperatingSystem
 from vmshift.pipeline import ConversionResult, RunOptions, run_conversion
+from vmshift.report import conversion_report
 from vmshift.sources import SOURCES
 from vmshift.sources.base import Source, SourceOptions
 from vmshift.sources.vsphere_uri import parse_vsphere_uri
@@ -336,51 +337,12 @@ def ask_root(printer: ProgressPrinter, oses: Sequence[OperatingSystem]) -> Opera
             print(f"Type a number from 1 to {len(oses)}.", file=sys.stderr)
 
 
-REPORT_SCHEMA = "vmshift-convert-report/1"
-
-
 def write_report(path: Path, result: ConversionResult, line: str) -> None:
-    """The --report document (docs/convert.md): what was converted and every change made."""
-    import dataclasses
+    """--report FILE: the document of vmshift.report, as JSON."""
     import json
 
-    caps = result.caps
-    doc = {
-        "schema": REPORT_SCHEMA,
-        "guest": result.target.name,
-        "source": {
-            "name": result.vm.name,
-            "origin": result.vm.origin,
-            "file": result.vm.source_file,
-            "warnings": list(result.vm.warnings),
-        },
-        "os": {
-            "root": result.os.root,
-            "type": result.os.type,
-            "distro": result.os.distro,
-            "product_name": result.os.product_name,
-            "version": f"{result.os.major_version}.{result.os.minor_version}",
-        },
-        "devices": {
-            "block_bus": caps.block_bus,
-            "net_model": caps.net_model,
-            "video": caps.video,
-            "machine": caps.machine,
-            "firmware": str(caps.firmware),
-            "virtio": caps.virtio,
-        },
-        "drivers_installed": list(caps.drivers_installed),
-        "changes": [dataclasses.asdict(c) for c in caps.changes],
-        "warnings": list(caps.warnings),
-        "target": {
-            "description": result.target.description,
-            "files": [str(f) for f in result.target.files],
-            "warnings": list(result.target.warnings),
-        },
-        "verdict": line,
-    }
     try:
-        path.write_text(json.dumps(doc, indent=2) + "\n")
+        path.write_text(json.dumps(conversion_report(result, line), indent=2) + "\n")
     except OSError as exc:
         raise UsageError(f"--report {path}: cannot write: {exc.strerror}") from exc
 
