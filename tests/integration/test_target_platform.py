@@ -30,7 +30,7 @@ from vmshift.sources.base import SourceOptions
 from vmshift.sources.libvirt import LibvirtSource
 from vmshift.sources.libvirtxml import LibvirtXmlSource
 from vmshift.targets import qemu
-from vmshift.targets.base import TargetOptions
+from vmshift.targets.base import TargetOptions, TargetResult
 from vmshift.targets.libvirt import LibvirtTarget
 from vmshift.targets.local import LocalTarget
 from vmshift.targets.qemu import QemuTarget
@@ -41,6 +41,15 @@ GENID = "44332211-6655-8877-99aa-bbccddeeff00"
 SECURE_CAPS = GuestCaps("sata", "e1000", "vga", "q35", Firmware.UEFI, "x86_64", secure_boot=True)
 # Every x86 qemu and libvirt knows these, and TCG runs them.
 QEMU64 = CpuModel(model="qemu64", features=(CpuFeature("x2apic"), CpuFeature("svm", "disable")))
+
+
+def run_target(target: Any, vm: SourceVM, caps: GuestCaps) -> TargetResult:
+    """A target's whole run on one 1 MiB disk, the copy faked: check, setup, finalize."""
+    target.check(vm)
+    outs = target.setup(vm, [MIB])
+    fake_copy(outs[0])
+    result: TargetResult = target.finalize(vm, LINUX, caps, outs)
+    return result
 
 
 def platform_vm(name: str, cpu: CpuModel | None = QEMU64, disks: int = 1) -> SourceVM:
@@ -95,10 +104,7 @@ def test_local_writes_genid_secure_boot_and_cpu(tmp_path: Path) -> None:
     pytest.importorskip("libvirt")  # it says whether libvirt knows the model's name
     target = LocalTarget(TargetOptions(storage=str(tmp_path), networks=NETWORKS))
     vm = platform_vm("local-sb")
-    target.check(vm)
-    outs = target.setup(vm, [MIB])
-    fake_copy(outs[0])
-    result = target.finalize(vm, LINUX, SECURE_CAPS, outs)
+    result = run_target(target, vm, SECURE_CAPS)
     assert result.warnings == ()
     xml_path = tmp_path / "local-sb.xml"
     assert validates(xml_path)
@@ -114,10 +120,7 @@ def test_local_unknown_cpu_model_is_a_warning(tmp_path: Path) -> None:
     pytest.importorskip("libvirt")
     target = LocalTarget(TargetOptions(storage=str(tmp_path)))
     vm = platform_vm("local-cpu", cpu=CpuModel(model="Imaginary-9000"))
-    target.check(vm)
-    outs = target.setup(vm, [MIB])
-    fake_copy(outs[0])
-    result = target.finalize(vm, LINUX, replace(SECURE_CAPS, secure_boot=False), outs)
+    result = run_target(target, vm, replace(SECURE_CAPS, secure_boot=False))
     assert len(result.warnings) == 1
     assert result.warnings[0].startswith("the source's CPU model Imaginary-9000: libvirt here")
     assert parse_domain((tmp_path / "local-cpu.xml").read_text()).cpu is None
@@ -147,10 +150,7 @@ def test_libvirt_target_defines_and_starts_a_secure_boot_guest(
         pytest.skip("no secure-boot OVMF on this host")
     target = LibvirtTarget(TargetOptions(storage=pool.name(), conn=libvirtd.uri, name="sb1"))
     vm = replace(platform_vm("sb1"), nics=())  # the private daemon has no networks
-    target.check(vm)
-    outs = target.setup(vm, [MIB])
-    fake_copy(outs[0])
-    result = target.finalize(vm, LINUX, SECURE_CAPS, outs)
+    result = run_target(target, vm, SECURE_CAPS)
     assert result.warnings == ()
     try:
         dom = conn.lookupByName("sb1")
@@ -159,7 +159,7 @@ def test_libvirt_target_defines_and_starts_a_secure_boot_guest(
         assert parsed.cpu is not None and parsed.cpu.model == "qemu64"
         assert "smm" in parsed.features
         # libvirt picked a secure-boot build, and qemu (TCG) starts with it.
-        libvirtd.give(outs[0].final_path)
+        libvirtd.give(result.files[0])
         dom.create()
         assert dom.isActive()
         dom.destroy()
@@ -172,10 +172,7 @@ def test_libvirt_target_defines_and_starts_a_secure_boot_guest(
 def test_libvirt_target_cpu_it_does_not_know(libvirtd: PrivateLibvirtd, pool: Any) -> None:
     target = LibvirtTarget(TargetOptions(storage=pool.name(), conn=libvirtd.uri, name="cpu1"))
     vm = platform_vm("cpu1", cpu=CpuModel(model="Imaginary-9000"))
-    target.check(vm)
-    outs = target.setup(vm, [MIB])
-    fake_copy(outs[0])
-    result = target.finalize(vm, LINUX, replace(SECURE_CAPS, secure_boot=False), outs)
+    result = run_target(target, vm, replace(SECURE_CAPS, secure_boot=False))
     assert len(result.warnings) == 1
     assert "Imaginary-9000" in result.warnings[0] and "does not know it" in result.warnings[0]
     conn = libvirtd.connect()
@@ -218,10 +215,7 @@ def test_qemu_script_boots_with_genid_secure_boot_and_cpu(tmp_path: Path) -> Non
         pytest.skip("no secure-boot OVMF descriptor on this host")
     target = QemuTarget(TargetOptions(storage=str(tmp_path), name="sbq"))
     vm = replace(platform_vm("sbq"), nics=())
-    target.check(vm)
-    outs = target.setup(vm, [MIB])
-    fake_copy(outs[0])
-    result = target.finalize(vm, LINUX, SECURE_CAPS, outs)
+    result = run_target(target, vm, SECURE_CAPS)
     assert result.warnings == ()
     text = (tmp_path / "sbq.sh").read_text()
     assert "-machine q35,smm=on,accel=" in text
@@ -250,10 +244,7 @@ def test_qemu_without_secure_firmware_turns_it_off(
     monkeypatch.setattr(qemu, "find_uefi_firmware", no_secure)
     target = QemuTarget(TargetOptions(storage=str(tmp_path)))
     vm = platform_vm("nosb", cpu=None)
-    target.check(vm)
-    outs = target.setup(vm, [MIB])
-    fake_copy(outs[0])
-    result = target.finalize(vm, LINUX, SECURE_CAPS, outs)
+    result = run_target(target, vm, SECURE_CAPS)
     assert len(result.warnings) == 1
     assert result.warnings[0].startswith("secure boot is off: no OVMF firmware descriptor")
     text = (tmp_path / "nosb.sh").read_text()
@@ -268,10 +259,7 @@ def test_rhv_writes_secure_boot_bios_type_and_cpu_name(tmp_path: Path) -> None:
     domain = make_export_domain(tmp_path, owner=(os.geteuid(), os.getegid()))
     target = RhvTarget(TargetOptions(storage=str(tmp_path)))
     vm = platform_vm("rhv-sb")
-    target.check(vm)
-    outs = target.setup(vm, [MIB])
-    fake_copy(outs[0])
-    result = target.finalize(vm, LINUX, SECURE_CAPS, outs)
+    result = run_target(target, vm, SECURE_CAPS)
     assert result.warnings == ()
     (vm_dir,) = domain.vm_dirs()
     content = etree.parse(str(vm_dir / f"{vm_dir.name}.ovf")).getroot().find("Content")
