@@ -30,6 +30,14 @@ def vmshift(
     )
 
 
+def print_source_row(out: str, key: str) -> str:
+    """The value of a `vmshift convert --print-source` row (the first line starting with key)."""
+    for line in out.splitlines():
+        if line.strip().startswith(key + " "):
+            return line.strip()[len(key) :].strip()
+    raise AssertionError(f"no {key!r} row in:\n{out}")
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import print_source_row as row
 from tests.conftest import vmshift
 from tests.integration.test_convert_bad_input import Vm, make_vm, refused
 
@@ -69,14 +70,6 @@ def write_vm(folder: Path, text: str, disks: list[str]) -> Path:
     vmx = folder / "guest.vmx"
     vmx.write_text(text)
     return vmx
-
-
-def row(out: str, key: str) -> str:
-    """The value of a `--print-source` row (the first line starting with key)."""
-    for line in out.splitlines():
-        if line.strip().startswith(key + " "):
-            return line.strip()[len(key) :].strip()
-    raise AssertionError(f"no {key!r} row in:\n{out}")
 
 
 def print_source(vmx: Path) -> subprocess.CompletedProcess[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import print_source_row as row
 from tests.conftest import sha256, vmshift
 from tests.vsphere.simulator import (
     SimDisk,
@@ -97,13 +98,6 @@ def one_error(proc: subprocess.CompletedProcess[str]) -> str:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("vmshift: error:")]
     assert len(errors) == 1, proc.stderr
     return errors[0]
-
-
-def row(out: str, key: str) -> str:
-    for line in out.splitlines():
-        if line.strip().startswith(key + " "):
-            return line.strip()[len(key) :].strip()
-    raise AssertionError(f"no {key!r} row in:\n{out}")
 
 
 def test_print_source_reads_the_vm(sim: Simulator, disks: Path, password_file: Path) -> None:
