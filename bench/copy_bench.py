@@ -668,6 +668,27 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def bench_workdir(path: Path | None) -> tuple[Path, bool]:
+    """--workdir made absolute and created (kept at the end: True), or a new temporary
+    directory under /var/tmp (removed at the end: False)."""
+    if path is None:
+        return Path(tempfile.mkdtemp(prefix="vmshift-bench-", dir="/var/tmp")), False
+    path = path.resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path, True
+
+
+def print_report(
+    report: dict[str, Any], render: Callable[[dict[str, Any]], str], *, as_json: bool
+) -> None:
+    """The report on stdout: JSON, or the machine line and render(report)'s tables."""
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    print("machine: " + "; ".join(f"{k}: {v}" for k, v in report["machine"].items()))
+    print(render(report))
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench.copy_bench",
@@ -716,12 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if drop and not can_drop_caches():
         print(f"copy_bench: cannot write {DROP_CACHES}: not dropping caches", file=sys.stderr)
         drop = False
-    keep = args.workdir is not None
-    if args.workdir is not None:
-        workdir: Path = args.workdir.resolve()
-        workdir.mkdir(parents=True, exist_ok=True)
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="vmshift-bench-", dir="/var/tmp"))
+    workdir, keep = bench_workdir(args.workdir)
     try:
         print(f"building the test image in {workdir} ...", file=sys.stderr, flush=True)
         image = cached_image(workdir, args.size, args.fill, args.seed)
@@ -744,12 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        machine = report["machine"]
-        print("machine: " + "; ".join(f"{k}: {v}" for k, v in machine.items()))
-        print(render(report))
+    print_report(report, render, as_json=args.json)
     return 0
 
 

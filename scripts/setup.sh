@@ -15,15 +15,16 @@ DEBS=(
     linux-image-amd64
     # The test-guest factory: NTFS tools, an rpm database writer, cpio for initramfs images,
     # a static busybox that runs the stub tools inside the phony Linux guests.
-    ntfs-3g rpm cpio zstd gdisk fdisk dosfstools lvm2 libhivex-bin file initramfs-tools-core busybox-static
+    ntfs-3g rpm cpio zstd gdisk fdisk dosfstools xfsprogs lvm2 libhivex-bin file initramfs-tools-core busybox-static
     # Windows conversion reads virtio-win ISOs (bsdtar); the tests make such ISOs (xorriso).
     libarchive-tools xorriso
     # -o rhv -os HOST:/PATH mounts the NFS export storage domain for the run.
     nfs-common
     # -i libvirt -ip: the tests run a private libvirtd that asks for a SASL login (saslpasswd2).
     sasl2-bin
-    # -ic esx:// and vpx://: the tests build govmomi's vSphere simulator from Debian's Go sources.
-    golang-go golang-github-vmware-govmomi-dev
+    # -ic esx:// and vpx://: disks are read by vmshift's nbdkit python plugin (https_plugin.py);
+    # the tests build govmomi's vSphere simulator from Debian's Go sources.
+    nbdkit-plugin-python golang-go golang-github-vmware-govmomi-dev
 )
 
 missing=()

@@ -6,7 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,12 +21,21 @@ os.environ.setdefault("LIBGUESTFS_BACKEND", "direct")
 
 
 def vmshift(
-    args: Sequence[str | os.PathLike[str]], *, check: bool = False, timeout: float = 900
+    args: Sequence[str | os.PathLike[str]],
+    *,
+    check: bool = False,
+    timeout: float = 900,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the installed `vmshift` command the way a user would."""
+    """Run the installed `vmshift` command the way a user would (in env, if given)."""
     exe = Path(sys.executable).parent / "vmshift"
     return subprocess.run(
-        [str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout, check=check
+        [str(exe), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=check,
+        env=None if env is None else dict(env),
     )
 
 

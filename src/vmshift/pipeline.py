@@ -9,6 +9,7 @@ slow work starts, and on any failure (or Ctrl-C) remove everything they made.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from vmshift.guest.trim import trim_filesystems
 from vmshift.model.caps import GuestCaps
 from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import SourceVM
-from vmshift.sources.base import Source
+from vmshift.sources.base import RemoteSource, ReportingSource, Source
 from vmshift.targets.base import OutputDisk, Target, TargetResult
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,9 @@ class RunOptions:
     # (no terminal) makes several operating systems an error that names them.
     ask_root: Callable[[Sequence[OperatingSystem]], OperatingSystem] | None = None
     workdir_parent: Path | None = None
+    # -m/--memory and --smp/--vcpus: they replace what the source describes.
+    memory: int | None = None  # bytes
+    vcpus: int | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,8 @@ class ConversionResult:
     os: OperatingSystem
     caps: GuestCaps
     target: TargetResult
+    # Bytes read from a remote source (vSphere, SSH) per disk: what crossed the network.
+    fetched: dict[str, int] = field(default_factory=dict)
 
 
 def _label(uri: str) -> str:
@@ -122,23 +128,53 @@ def run_conversion(
     workdir = Path(tempfile.mkdtemp(prefix="vmshift-", dir=opts.workdir_parent))
     try:
         sink(StageEvent("source", "reading the source"))
-        vm = source.open(workdir)
+        if isinstance(source, ReportingSource):
+            source.report_to(sink)
+        vm = _overridden(source.open(workdir), opts)
         for warning in vm.warnings:
             sink(WarningEvent(warning))
         # Everything that can be refused quickly is refused before the slow work.
         target.check(vm)
         try:
-            return _convert_and_copy(vm, target, workdir, opts, sink)
+            remote = isinstance(source, RemoteSource)
+            result = _convert_and_copy(vm, target, workdir, opts, sink, remote=remote)
+        except Exception as exc:
+            target.abort()
+            # A remote source that stopped answering makes the appliance or the copy fail in
+            # its own words (I/O errors, "no operating system"): say what really happened.
+            lost = source.lost() if isinstance(source, RemoteSource) else None
+            if lost is not None:
+                raise lost from exc
+            raise
         except BaseException:
             target.abort()
             raise
     finally:
         source.close()
         shutil.rmtree(workdir, ignore_errors=True)
+    if isinstance(source, RemoteSource):
+        result = dataclasses.replace(result, fetched=source.fetched())
+        for label, size in result.fetched.items():
+            log.info("%s: fetched %d bytes from the source", label, size)
+    return result
+
+
+def _overridden(vm: SourceVM, opts: RunOptions) -> SourceVM:
+    if opts.memory:
+        vm = dataclasses.replace(vm, memory=opts.memory)
+    if opts.vcpus:
+        vm = dataclasses.replace(vm, vcpus=opts.vcpus, topology=None)
+    return vm
 
 
 def _convert_and_copy(
-    vm: SourceVM, target: Target, workdir: Path, opts: RunOptions, sink: EventSink
+    vm: SourceVM,
+    target: Target,
+    workdir: Path,
+    opts: RunOptions,
+    sink: EventSink,
+    *,
+    remote: bool = False,
 ) -> ConversionResult:
     overlays: list[Overlay] = [
         create_overlay(disk.endpoint, workdir, disk.name or f"disk{i}")
@@ -147,7 +183,9 @@ def _convert_and_copy(
     images = [ImageInfo(o.path, "qcow2", o.virtual_size, None) for o in overlays]
     labels = [_label(d.endpoint.uri) for d in vm.disks]
     sink(StageEvent("appliance", "starting the libguestfs appliance"))
-    with open_session(images, readonly=False, labels=labels) as session:
+    # A remote source's blocks are fetched over the network: what the appliance reads is kept
+    # in the overlay (copy-on-read), so neither it nor the copy fetches a block twice.
+    with open_session(images, readonly=False, labels=labels, copy_on_read=remote) as session:
         sink(StageEvent("inspect", "inspecting the guest"))
         oses = inspect_session(session)
         guest_os = choose_root(oses, opts.root, opts.ask_root)

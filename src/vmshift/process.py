@@ -6,6 +6,7 @@ The command line is logged at -v and a failure carries the program's stderr in t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import shutil
@@ -54,3 +55,14 @@ def run(
     if proc.returncode != 0:
         raise CommandFailed(argv, proc.returncode, proc.stderr.decode(errors="replace"))
     return proc
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """End a helper process started with Popen: SIGTERM, then SIGKILL after grace seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()

@@ -23,6 +23,8 @@ def conversion_report(result: ConversionResult, line: str) -> dict[str, Any]:
             "origin": result.vm.origin,
             "file": result.vm.source_file,
             "warnings": list(result.vm.warnings),
+            # Remote sources only: bytes fetched over the network per disk.
+            "fetched_bytes": dict(result.fetched),
         },
         "os": {
             "root": result.os.root,

@@ -147,7 +147,10 @@ def test_the_disk_is_read_over_https(sim: Simulator, password_file: Path, tmp_pa
         ("wrong password", "login failed for "),
         ("unknown VM", "sb-gues: no such VM on "),
         ("powered on", "busy: the VM is poweredOn"),
-        ("no flat file", "noflat/busy.vmdk: noflat/busy-flat.vmdk: cannot be read over HTTPS"),
+        (
+            "no flat file",
+            "noflat/busy-flat.vmdk: cannot be read: HEAD /folder/noflat/busy-flat.vmdk",
+        ),
         ("snapshots", "snapped: the VM has snapshots (before-upgrade)"),
         ("no password, no terminal", "a password is needed and there is no terminal"),
         ("certificate", "the server's certificate is not trusted"),
@@ -220,6 +223,7 @@ class DroppingProxy:
         self.target_port = target_port
         self.limit = limit
         self.dropped = 0
+        self.answered: list[int] = []  # bytes each connection's server sent, once it closed
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -245,6 +249,8 @@ class DroppingProxy:
                 dst.sendall(data)
         except OSError:
             pass
+        if answers:
+            self.answered.append(sent)
         for s in (src, dst):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
@@ -275,3 +281,114 @@ def test_a_dropped_connection_is_retried(sim: Simulator, tmp_path: Path) -> None
     assert proxy.dropped == 1, "the read never crossed the proxy's limit"
     assert data[:512].rstrip(b"\0") == b"vmshift efi disk"
     assert len(data) == 4 << 20 and not any(data[512:])
+
+
+def test_a_host_gone_mid_read_is_named(
+    disks: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The simulator stops while the disk is being read: the reads are retried, then fail, and
+    the source says which disk stopped answering and why (curl's own words), instead of
+    leaving the reader's I/O error as the story. The bytes fetched before are counted."""
+    import nbd
+
+    from vmshift.sources import vsphere
+    from vmshift.sources.base import RemoteSource, SourceOptions
+
+    monkeypatch.setattr(vsphere, "RETRIES", 1)  # one retry after 1 s, not twelve in a minute
+    monkeypatch.setattr(vsphere, "RETRY_DELAY", 1)
+    with simulator("esx", "root", PASSWORD) as server:
+        server.add_vm(_vms(disks)[0])
+        source = vsphere.VsphereSource(
+            SourceOptions(args=("sb-guest",), conn=server.uri(), password=PASSWORD)
+        )
+        assert isinstance(source, RemoteSource)
+        try:
+            vm = source.open(tmp_path)
+            handle = nbd.NBD()
+            handle.connect_uri(vm.disks[0].endpoint.uri)
+            assert handle.pread(512, 0).rstrip(b"\0") == b"vmshift efi disk"
+            assert source.lost() is None
+            assert server.proc.stdin is not None
+            server.proc.stdin.close()
+            server.proc.wait(timeout=30)
+            with pytest.raises(nbd.Error):
+                handle.pread(1 << 20, 8 << 20)
+            lost = source.lost()
+            assert lost is not None
+            assert "[LocalDS_0] sb-guest/efi.vmdk stopped answering: " in lost.message, lost
+            assert "connect" in lost.message.lower(), lost  # curl: couldn't connect to server
+            handle.shutdown()
+        finally:
+            source.close()
+    assert source.fetched() == {"[LocalDS_0] sb-guest/efi.vmdk": 512}
+
+
+def test_an_ended_session_is_renewed_while_the_disks_are_read(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """vSphere ends idle sessions, and an administrator can end one: while the source is open,
+    a keep-alive call finds out, logs in again and hands nbdkit the new cookie, so the reads
+    go on (here every half second instead of every few minutes)."""
+    import nbd
+    from pyVim.connect import Disconnect
+
+    from vmshift.sources.base import SourceOptions
+    from vmshift.sources.vsphere import VsphereSource
+
+    source = VsphereSource(
+        SourceOptions(args=("sb-guest",), conn=sim.uri(), password=PASSWORD), keepalive=0.5
+    )
+    admin = sim.connect()
+    try:
+        vm = source.open(tmp_path)
+        cookie = (tmp_path / "vsphere-cookie").read_text()
+        key = source._si.content.sessionManager.currentSession.key
+        admin.content.sessionManager.TerminateSession([key])
+        deadline = time.monotonic() + QUICK
+        while (tmp_path / "vsphere-cookie").read_text() == cookie:
+            assert time.monotonic() < deadline, "the session was not renewed"
+            time.sleep(0.1)
+        assert oct((tmp_path / "vsphere-cookie").stat().st_mode & 0o777) == "0o600"
+        assert source._keeper is not None and source._keeper.renewals == 1
+        assert source._keeper.si.CurrentTime() is not None  # the new session works
+        handle = nbd.NBD()
+        handle.connect_uri(vm.disks[0].endpoint.uri)
+        assert handle.pread(512, 0).rstrip(b"\0") == b"vmshift efi disk"
+        handle.shutdown()
+    finally:
+        source.close()
+        Disconnect(admin)
+
+
+def test_a_disk_is_read_over_several_connections(sim: Simulator, tmp_path: Path) -> None:
+    """Reads in flight at once (qemu-img keeps several) go over several HTTPS connections,
+    since one ESXi connection is throttled: a proxy that drops nothing counts what each
+    connection carried."""
+    import nbd
+
+    from vmshift.sources.base import SourceOptions
+    from vmshift.sources.vsphere import CONNECTIONS, VsphereSource
+
+    proxy = DroppingProxy(sim.port, limit=1 << 62)
+    uri = sim.uri().replace(f":{sim.port}/", f":{proxy.port}/")
+    source = VsphereSource(SourceOptions(args=("sb-guest",), conn=uri, password=PASSWORD))
+    try:
+        vm = source.open(tmp_path)
+        handle = nbd.NBD()
+        handle.connect_uri(vm.disks[0].endpoint.uri)
+        buffers = [nbd.Buffer(4 << 20) for _ in range(8)]
+        for i, buf in enumerate(buffers):
+            handle.aio_pread(buf, i * (4 << 20))
+        while handle.aio_in_flight() > 0:
+            handle.poll(-1)
+        assert buffers[0].to_bytearray()[:16] == b"vmshift efi disk"
+        handle.shutdown()
+    finally:
+        source.close()
+        time.sleep(0.5)  # the proxy notes each connection as it closes
+        proxy.close()
+    assert source.fetched() == {"[LocalDS_0] sb-guest/efi.vmdk": 32 << 20}
+    carried = [n for n in proxy.answered if n >= 4 << 20]  # data connections, not the API's
+    assert 2 <= len(carried) <= CONNECTIONS, proxy.answered
+    assert sum(carried) >= 32 << 20
+

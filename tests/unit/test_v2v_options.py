@@ -17,9 +17,9 @@ from vmshift.cli.profile_options import apply_profile, target_networks
 from vmshift.cli.render import ProgressPrinter
 from vmshift.convert.base import ConvertOptions
 from vmshift.convert.firmware import keeps_secure_boot
-from vmshift.errors import ConversionError, TargetError, UsageError
+from vmshift.errors import ConversionError, DiskImageError, SourceError, TargetError, UsageError
 from vmshift.model.inspection import OperatingSystem
-from vmshift.model.vm import Firmware, SourceVM
+from vmshift.model.vm import DiskEndpoint, Firmware, SourceDisk, SourceVM
 from vmshift.pipeline import RunOptions, choose_root, run_conversion
 from vmshift.targets.base import NetworkMap
 
@@ -317,9 +317,58 @@ def test_the_report_document() -> None:
         changes=(Change("devices", "sda -> vda", "/etc/fstab"),),
     )  # fmt: skip
     target = TargetResult("g-kvm", "written to /out", (Path("/out/g-kvm-sda"),), ("chown",))
-    doc = conversion_report(ConversionResult(vm, TWO[0], caps, target), "vmshift: done")
+    result = ConversionResult(vm, TWO[0], caps, target, fetched={"[ds1] g/g.vmdk": 4096})
+    doc = conversion_report(result, "vmshift: done")
     assert doc["schema"] == "vmshift-convert-report/1"
-    assert doc["source"] == {"name": "g", "origin": "vmware", "file": None, "warnings": ["w1"]}
+    assert doc["source"] == {
+        "name": "g", "origin": "vmware", "file": None, "warnings": ["w1"],
+        "fetched_bytes": {"[ds1] g/g.vmdk": 4096},
+    }  # fmt: skip
     assert doc["os"]["root"] == "/dev/sda2" and doc["devices"]["virtio"] is True
     assert doc["changes"] == [{"step": "devices", "what": "sda -> vda", "path": "/etc/fstab"}]
     assert doc["target"]["files"] == ["/out/g-kvm-sda"] and doc["verdict"] == "vmshift: done"
+
+
+class _LostSource:
+    """A remote source whose host went away: its one disk cannot even be opened."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.disk = DiskEndpoint(str(tmp / "gone.img"), "raw", 1 << 20)
+        self.closed = False
+
+    def open(self, workdir: Path) -> SourceVM:
+        return SourceVM("g", 1 << 30, 1, None, Firmware.BIOS, (SourceDisk(self.disk),))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def fetched(self) -> dict[str, int]:
+        return {"[ds] g.vmdk": 512}
+
+    def lost(self) -> SourceError | None:
+        return SourceError("esx://h/g: [ds] g.vmdk stopped answering: connection refused")
+
+
+class _PassingTarget:
+    aborted = False
+
+    def check(self, vm: SourceVM) -> None:
+        pass
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_a_lost_remote_source_is_the_error_reported(tmp_path: Path) -> None:
+    """What failed downstream (here qemu-img cannot open the disk) is replaced by the source's
+    own account of why its disks stopped answering; the target is still aborted."""
+    source, target = _LostSource(tmp_path), _PassingTarget()
+    with pytest.raises(SourceError, match="stopped answering: connection refused") as caught:
+        run_conversion(
+            source,
+            target,  # type: ignore[arg-type]
+            RunOptions(workdir_parent=tmp_path),
+            lambda event: None,
+        )
+    assert isinstance(caught.value.__cause__, DiskImageError)  # what qemu-img said is kept
+    assert target.aborted and source.closed

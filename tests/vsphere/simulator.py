@@ -4,6 +4,10 @@ the test guests), started with TLS on 127.0.0.1 and one login, stopped by closin
 VMs are registered through the real vSphere API (pyvmomi's CreateVM_Task) with the devices a
 test asks for; their disks are the test guests' files, hard-linked into the simulator's
 datastore directory (a symlink where a hard link cannot be made), never copied.
+
+The simulator also answers VirtualMachine.ExportVm (vcsim_export.go): the lease serves, for a
+disk that names an `export` image, that image (hard-linked into the simulator's exports
+directory); `lease_records()` reads what became of every lease.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import os
 import shutil
 import ssl
 import subprocess
+import tempfile
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +30,7 @@ import pytest
 
 from tests.guests.cache import cached_dir, source_version
 
-SOURCE = Path(__file__).with_name("vcsim.go")
+SOURCES = (Path(__file__).with_name("vcsim.go"), Path(__file__).with_name("vcsim_export.go"))
 GOPATH_SYSTEM = Path("/usr/share/gocode")
 # Inventory names of govmomi's models (simulator.ESX() and VPX() with one cluster, one host).
 ESX_DATACENTER = "ha-datacenter"
@@ -41,7 +47,9 @@ def build_vcsim() -> Path:
     def build(out: Path) -> None:
         gopath = out / "gopath"
         (gopath / "src/vcsim").mkdir(parents=True)
-        shutil.copy(SOURCE, gopath / "src/vcsim/main.go")
+        for source in SOURCES:
+            name = "main.go" if source.name == "vcsim.go" else source.name
+            shutil.copy(source, gopath / "src/vcsim" / name)
         env = {
             **os.environ,
             "GOPATH": f"{gopath}:{GOPATH_SYSTEM}",
@@ -59,13 +67,18 @@ def build_vcsim() -> Path:
         shutil.rmtree(gopath)
         shutil.rmtree(out / "gocache", ignore_errors=True)
 
-    return cached_dir("vcsim", source_version(__file__, str(SOURCE)), build) / "vcsim"
+    return cached_dir("vcsim", source_version(__file__, *SOURCES), build) / "vcsim"
 
 
 @dataclass(frozen=True)
 class SimDisk:
     vmdk: Path  # a flat VMDK descriptor; its -flat.vmdk beside it
     controller: str = "pvscsi"  # pvscsi, lsilogic, sata
+    # False: only the descriptor stays in the datastore, as on vSAN (no -flat.vmdk to read).
+    flat: bool = True
+    # What the VM's export lease serves for this disk (a streamOptimized VMDK, as ESXi does);
+    # None: the lease fails naming the disk.
+    export: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,7 @@ class Simulator:
     user: str
     password: str
     proc: subprocess.Popen[bytes]
+    exports_dir: Path
     datastore_dir: Path = Path()
 
     @property
@@ -133,6 +147,10 @@ class Simulator:
         for disk in spec.disks:
             for src in (disk.vmdk, flat_file(disk.vmdk)):
                 _link(src, folder / src.name)
+            if disk.export is not None:
+                exported = self.exports_dir / DATASTORE / spec.name / disk.vmdk.name
+                exported.parent.mkdir(parents=True, exist_ok=True)
+                _link(disk.export, exported)
         si = self.connect()
         try:
             dc = si.RetrieveContent().rootFolder.childEntity[0]
@@ -156,12 +174,26 @@ class Simulator:
             )
             task = dc.vmFolder.CreateVM_Task(config=config, pool=compute.resourcePool)
             WaitForTask(task)
+            for disk in spec.disks:
+                if not disk.flat:  # the simulator wants it to create the VM, not afterwards
+                    (folder / flat_file(disk.vmdk).name).unlink()
             if spec.power_on:
                 WaitForTask(task.info.result.PowerOnVM_Task())
         finally:
             from pyVim.connect import Disconnect
 
             Disconnect(si)
+
+    def lease_records(self) -> dict[str, dict[str, Any]]:
+        """Every export lease made so far: {id: {vm, state, progress, progress_calls}}, state
+        one of initializing, ready, done (completed), aborted, error."""
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        url = self.url.replace("/sdk", "/vmshift/leases")
+        with urllib.request.urlopen(url, context=context, timeout=10) as answer:
+            records: dict[str, dict[str, Any]] = json.load(answer)
+        return records
 
     def snapshot(self, vm_name: str, snapshot_name: str) -> None:
         """Take a snapshot of a registered VM through the API."""
@@ -197,15 +229,27 @@ def make_flat_vmdk(source: Path, fmt: str, out: Path) -> Path:
     return out
 
 
+def make_stream_vmdk(source: Path, fmt: str, out: Path) -> Path:
+    """A streamOptimized VMDK of source's disk: what an ESXi export lease serves."""
+    subprocess.run(
+        ["qemu-img", "convert", "-q", "-f", fmt, "-O", "vmdk", "-o",
+         "subformat=streamOptimized", str(source), str(out)],
+        check=True,
+    )  # fmt: skip
+    return out
+
+
 @contextlib.contextmanager
 def simulator(kind: str, user: str, password: str) -> Iterator[Simulator]:
     binary = build_vcsim()
+    exports = Path(tempfile.mkdtemp(prefix="vcsim-exports-"))
     proc = subprocess.Popen(
-        [str(binary), "-model", kind, "-user", user, "-password", password],
+        [str(binary), "-model", kind, "-user", user, "-password", password,
+         "-exports", str(exports)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     assert proc.stdout is not None and proc.stdin is not None
     from pyVmomi import vim
 
@@ -213,7 +257,7 @@ def simulator(kind: str, user: str, password: str) -> Iterator[Simulator]:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError(f"vcsim exited with {proc.wait()}")
-        sim = Simulator(kind, json.loads(line)["url"], user, password, proc)
+        sim = Simulator(kind, json.loads(line)["url"], user, password, proc, exports)
         si = sim.connect()
         content = si.RetrieveContent()
         view = content.viewManager.CreateContainerView(content.rootFolder, [vim.Datastore], True)
@@ -230,6 +274,7 @@ def simulator(kind: str, user: str, password: str) -> Iterator[Simulator]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        shutil.rmtree(exports, ignore_errors=True)
 
 
 def _link(src: Path, dst: Path) -> None:

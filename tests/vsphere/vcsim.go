@@ -1,6 +1,7 @@
 // vcsim for the vmshift tests: govmomi's vSphere API simulator with TLS on 127.0.0.1, a fixed
-// login, and no VMs of its own. It prints one JSON line (the SDK URL) and serves until stdin
-// closes, so a test that dies takes the simulator with it.
+// login, no VMs of its own, and VirtualMachine.ExportVm (vcsim_export.go). It prints one JSON
+// line (the SDK URL) and serves until stdin closes, so a test that dies takes the simulator
+// with it.
 //
 // Built by tests/vsphere/simulator.py from Debian's golang-github-vmware-govmomi-dev in GOPATH
 // mode (no network).
@@ -21,6 +22,7 @@ func main() {
 	kind := flag.String("model", "esx", "esx or vpx")
 	user := flag.String("user", "root", "the one user name the simulator accepts")
 	password := flag.String("password", "", "its password")
+	exportDir := flag.String("exports", "", "the images export leases serve (vcsim_export.go)")
 	flag.Parse()
 
 	model := simulator.ESX()
@@ -41,6 +43,8 @@ func main() {
 	model.Service.TLS = new(tls.Config)
 	server := model.Service.NewServer()
 	defer server.Close()
+	// No request has come yet: the URL is printed below.
+	server.Config.Handler = newExports(*exportDir).handler(server.Config.Handler)
 
 	address := *server.URL
 	address.User = nil

@@ -34,9 +34,15 @@ def _backing_name(endpoint: DiskEndpoint) -> str:
     return str(Path(uri).resolve())
 
 
+# The overlay's cluster: the unit in which a discard frees space (guest/session.py tells the
+# appliance's disks to discard in whole clusters).
+CLUSTER_SIZE = 64 << 10
+
+
 def create_overlay(endpoint: DiskEndpoint, workdir: Path, name: str) -> Overlay:
     path = workdir / f"{name}.overlay.qcow2"
-    argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1,lazy_refcounts=on"]
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    argv += ["-o", f"compat=1.1,lazy_refcounts=on,cluster_size={CLUSTER_SIZE}"]
     argv += ["-b", _backing_name(endpoint), "-F", endpoint.format, str(path)]
     try:
         run(argv, timeout=120)

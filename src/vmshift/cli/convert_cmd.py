@@ -17,7 +17,7 @@ from rich.console import Console
 from vmshift.cli import mode_options
 from vmshift.cli.options import memory_size
 from vmshift.cli.profile_options import apply_profile, target_networks
-from vmshift.cli.render import ProgressPrinter, print_source_vm
+from vmshift.cli.render import ProgressPrinter, human_size, print_source_vm
 from vmshift.convert.base import ConvertOptions
 from vmshift.errors import UsageError
 from vmshift.model.inspection import OperatingSystem
@@ -44,7 +44,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"input: {', '.join(SOURCES)} (default libvirt)",
     )
     p.add_argument("-ic", dest="input_conn", metavar="URI", help="input connection URI")
-    p.add_argument("-it", dest="input_transport", metavar="TRANSPORT", help="input transport")
+    p.add_argument(
+        "-it",
+        dest="input_transport",
+        metavar="TRANSPORT",
+        help="input transport: ssh (with -i vmx and an ssh:// URI)",
+    )
     p.add_argument("-if", dest="input_format", metavar="FORMAT", help="input disk format")
     p.add_argument(
         "-o",
@@ -192,7 +197,7 @@ def make_source(args: argparse.Namespace) -> Source:
         conn=args.input_conn,
         password=mode_options.input_password(args),
         options=mode_options.input_options(args),
-        transport=args.input_transport,
+        transport=mode_options.input_transport(args),
         input_format=args.input_format,
         memory=memory_size(args.memory) if args.memory else None,
         vcpus=args.vcpus,
@@ -286,8 +291,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     out = mode_options.output_options(args, output_name(args))
     target = make_target(args, out)
-    if args.memory or args.vcpus:
-        source = _Overridden(source, memory_size(args.memory) if args.memory else None, args.vcpus)
     printer = ProgressPrinter(
         quiet=args.quiet,
         machine_readable=args.machine_readable,
@@ -306,6 +309,8 @@ def run(args: argparse.Namespace) -> int:
         root=args.root or "ask",
         ask_root=partial(ask_root, printer) if sys.stdin.isatty() else None,
         workdir_parent=args.workdir,
+        memory=memory_size(args.memory) if args.memory else None,
+        vcpus=args.vcpus,
     )
     with printer:
         result = run_conversion(source, target, run_opts, printer.event)
@@ -315,6 +320,8 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.target.warnings:
         print(f"vmshift: warning: {warning}", file=sys.stderr)
     if not args.quiet:
+        for label, size in result.fetched.items():
+            print(f"vmshift: {label}: {human_size(size)} fetched from the source", file=sys.stderr)
         print(result.target.description)
     print(line, file=sys.stdout)
     return 0
@@ -345,25 +352,3 @@ def write_report(path: Path, result: ConversionResult, line: str) -> None:
         path.write_text(json.dumps(conversion_report(result, line), indent=2) + "\n")
     except OSError as exc:
         raise UsageError(f"--report {path}: cannot write: {exc.strerror}") from exc
-
-
-class _Overridden:
-    """A source whose memory/vCPUs the command line replaces."""
-
-    def __init__(self, inner: Source, memory: int | None, vcpus: int | None) -> None:
-        self.inner = inner
-        self.memory = memory
-        self.vcpus = vcpus
-
-    def open(self, workdir: Path) -> Any:
-        vm = self.inner.open(workdir)
-        changes: dict[str, Any] = {}
-        if self.memory:
-            changes["memory"] = self.memory
-        if self.vcpus:
-            changes["vcpus"] = self.vcpus
-            changes["topology"] = None
-        return dataclasses.replace(vm, **changes)
-
-    def close(self) -> None:
-        self.inner.close()

@@ -57,6 +57,9 @@ def _setup_logging(verbose: int) -> None:
     elif verbose >= 2:
         level = logging.DEBUG
     logging.basicConfig(level=level, format="vmshift: %(message)s", stream=sys.stderr)
+    # paramiko (-it ssh) logs the tracebacks of failures vmshift reports in one line itself;
+    # its own story is for -vv.
+    logging.getLogger("paramiko").setLevel(logging.DEBUG if verbose >= 2 else logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

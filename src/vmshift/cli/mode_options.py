@@ -6,8 +6,12 @@ which mode uses what:
 
     -oo compressed      -o local, libvirt, qemu (with -of qcow2): compressed output clusters
     -oo qemu-boot       -o qemu: boot the guest after writing it (also --qemu-boot)
-    -ip FILE            -i libvirt: the password of the -ic connection (first line of FILE)
+    -ip FILE            -i libvirt: the password of the -ic connection (first line of FILE);
+                        -i vmx -it ssh: the SSH password
     -io vddk-thumbprint -ic esx:// or vpx://: pin the server's certificate
+    -io ssh-known-hosts -i vmx -it ssh: the known_hosts file that vouches for the host
+    -io ssh-identity    -i vmx -it ssh: a private key to log in with
+    -it ssh             -i vmx only: read the VM from an SSH server
     -op                 no vmshift output uses it yet (virt-v2v: -o openstack ...)
 """
 
@@ -32,12 +36,19 @@ OUTPUT_OPTIONS: dict[str, dict[str, str]] = {
     "rhv": {},
     "null": {},
 }
-# -i NAME -> the -io options it takes ("vsphere": -i libvirt with -ic esx:// or vpx://).
+# -i NAME -> the -io options it takes ("vsphere": -i libvirt with -ic esx:// or vpx://;
+# "vmx-ssh": -i vmx -it ssh).
 INPUT_OPTIONS: dict[str, dict[str, str]] = {
     "vsphere": {"vddk-thumbprint": "the server certificate's SHA-1 (or SHA-256) fingerprint"},
+    "vmx-ssh": {
+        "ssh-known-hosts": "known_hosts file to check the host key in (default ~/.ssh/known_hosts)",
+        "ssh-identity": "private key file to log in with (besides ssh-agent and ~/.ssh/id_*)",
+    },
 }
 # Modes that use a password file.
-INPUT_PASSWORD = frozenset({"libvirt", "vsphere"})
+INPUT_PASSWORD = frozenset({"libvirt", "vsphere", "vmx-ssh"})
+# -i NAME -> the -it transports it takes. The vSphere source leaves -it to itself.
+INPUT_TRANSPORTS: dict[str, tuple[str, ...]] = {"vmx": ("ssh",)}
 OUTPUT_PASSWORD: frozenset[str] = frozenset()
 
 
@@ -78,12 +89,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def wants_help(args: argparse.Namespace) -> str | None:
     """The text `-io ?` or `-oo ?` asks for, if it was given."""
-    for flag, values, kind, mode, table in (
-        ("-io", args.input_options, "input", f"-i {input_mode(args)}", INPUT_OPTIONS),
-        ("-oo", args.output_options, "output", f"-o {args.output}", OUTPUT_OPTIONS),
+    inputs = INPUT_OPTIONS.get(_options_mode(args))
+    outputs = OUTPUT_OPTIONS.get(args.output)
+    for flag, values, kind, mode, options in (
+        ("-io", args.input_options, "input", _shown(args), inputs),
+        ("-oo", args.output_options, "output", f"-o {args.output}", outputs),
     ):
         if "?" in (values or []):
-            options = table.get(mode.split()[1], {})
             if not options:
                 return f"No {kind} options ({flag}) can be used with {mode}.\n"
             lines = [f"  {flag} {name:<16}{text}" for name, text in options.items()]
@@ -125,11 +137,37 @@ def input_mode(args: argparse.Namespace) -> str:
     return mode
 
 
+def _options_mode(args: argparse.Namespace) -> str:
+    """The mode whose -io/-ip the tables list: input_mode(), or vmx-ssh for -i vmx -it ssh."""
+    mode = input_mode(args)
+    return "vmx-ssh" if mode == "vmx" and args.input_transport == "ssh" else mode
+
+
+def _shown(args: argparse.Namespace) -> str:
+    """The input mode as the command line chose it, for messages."""
+    mode = _options_mode(args)
+    if mode == "vsphere":
+        return f"-i {args.input} -ic {args.input_conn}"
+    return f"-i {args.input}" + (" -it ssh" if mode == "vmx-ssh" else "")
+
+
+def input_transport(args: argparse.Namespace) -> str | None:
+    """-it checked against what the input mode takes."""
+    transport: str | None = args.input_transport
+    mode = input_mode(args)
+    if transport is None or mode == "vsphere":
+        return transport
+    allowed = INPUT_TRANSPORTS.get(mode, ())
+    if transport not in allowed:
+        takes = f"takes only -it {', '.join(allowed)}" if allowed else "takes no -it"
+        raise UsageError(f"-it {transport}: -i {args.input} {takes} (-it ssh is for -i vmx)")
+    return transport
+
+
 def input_options(args: argparse.Namespace) -> dict[str, str]:
     """-io KEY=VALUE checked against what the input mode takes."""
-    mode = input_mode(args)
-    allowed = INPUT_OPTIONS.get(mode, {})
-    shown = f"-i {args.input}" + (f" -ic {args.input_conn}" if mode != args.input else "")
+    allowed = INPUT_OPTIONS.get(_options_mode(args), {})
+    shown = _shown(args)
     options: dict[str, str] = {}
     for text in args.input_options or []:
         key, sep, value = text.partition("=")
@@ -148,8 +186,8 @@ def input_password(args: argparse.Namespace) -> str | None:
     path = args.input_password_file
     if path is None:
         return None
-    if input_mode(args) not in INPUT_PASSWORD:
-        raise UsageError(f"-i {args.input}: -ip is not used by this input mode")
+    if _options_mode(args) not in INPUT_PASSWORD:
+        raise UsageError(f"{_shown(args)}: -ip is not used by this input mode")
     return read_password_file("-ip", Path(path))
 
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import codecs
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
+from typing import Protocol, TypeVar
 
 from vmshift.errors import DiskImageError
 
@@ -53,6 +54,7 @@ _ENCODING = re.compile(rb'^[ \t]*encoding[ \t]*=[ \t]*"([^"\r\n]*)"', re.MULTILI
 # Control bytes no descriptor holds; a flat extent or another image format is full of them.
 _BINARY = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _WINDOWS_ABSOLUTE = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
+P = TypeVar("P", bound=PurePath)
 
 
 class VmdkDescriptorError(DiskImageError):
@@ -308,33 +310,45 @@ def _extent(line: str, number: int, path: str) -> Extent:
     return Extent(access, int(match.group("sectors")), kind, filename, offset, number)
 
 
+class Readable(Protocol):
+    """A file opened for reading: a local file, or one read over SFTP."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+    def seek(self, offset: int, /) -> object: ...
+
+
 def read_descriptor(path: Path) -> VmdkDescriptor:
     """Read the descriptor of a VMDK file: the file itself, or the one embedded in it.
 
     Opens path read-only; raise VmdkDescriptorError if it holds no descriptor (an extent,
     a binary file) and OSError if it cannot be read.
     """
-    name = str(path)
     with path.open("rb") as f:
-        head = f.read(SECTOR)
-        header = parse_sparse_header(head)
-        if header is not None:
-            start, size = _descriptor_area(header, path=name)
-            f.seek(start)
-            raw = f.read(size)
-            if len(raw) < size:
-                raise VmdkDescriptorError(
-                    name, "embedded descriptor lies outside the file (truncated?)"
-                )
-            text = decode_descriptor(raw.split(b"\0", 1)[0], path=name)
-            return parse_descriptor(text, path=name, embedded=True)
-        if head[:4] == COWD_MAGIC or head[:8] == SESPARSE_MAGIC:
+        return read_descriptor_from(f, str(path))
+
+
+def read_descriptor_from(f: Readable, name: str) -> VmdkDescriptor:
+    """read_descriptor() of a file already open for reading at its start; name is for messages."""
+    head = f.read(SECTOR)
+    header = parse_sparse_header(head)
+    if header is not None:
+        start, size = _descriptor_area(header, path=name)
+        f.seek(start)
+        raw = f.read(size)
+        if len(raw) < size:
             raise VmdkDescriptorError(
-                name,
-                "a delta extent, not a descriptor",
-                hint="name the disk's descriptor file, not one of its extents",
+                name, "embedded descriptor lies outside the file (truncated?)"
             )
-        data = head + f.read(MAX_DESCRIPTOR + 1 - len(head))
+        text = decode_descriptor(raw.split(b"\0", 1)[0], path=name)
+        return parse_descriptor(text, path=name, embedded=True)
+    if head[:4] == COWD_MAGIC or head[:8] == SESPARSE_MAGIC:
+        raise VmdkDescriptorError(
+            name,
+            "a delta extent, not a descriptor",
+            hint="name the disk's descriptor file, not one of its extents",
+        )
+    data = head + f.read(MAX_DESCRIPTOR + 1 - len(head))
     # qemu-img pads the descriptors it writes with NULs to a whole sector.
     data = data.rstrip(b"\0")
     if len(data) > MAX_DESCRIPTOR or _BINARY.search(data):
@@ -379,8 +393,13 @@ def reference_basename(name: str) -> str:
     return re.split(r"[\\/]", name)[-1]
 
 
-def resolve_reference(name: str, base_dir: Path) -> Path:
-    """Where a file that a VMX or descriptor names lives on this host.
+def _local_is_file(path: PurePath) -> bool:
+    return Path(path).is_file()
+
+
+def resolve_reference(name: str, base_dir: P, is_file: Callable[[P], bool] = _local_is_file) -> P:
+    """Where a file that a VMX or descriptor names lives on this host (or, with is_file
+    answering for another host's files, on that host).
 
     The policy, because names come from the guest's side and qemu would open them as given:
     - a relative name is taken relative to base_dir (the naming file's directory), as VMware
@@ -398,7 +417,7 @@ def resolve_reference(name: str, base_dir: Path) -> Path:
         if base in ("", ".", ".."):
             raise UnsafeReference(name, "absolute path without a file name")
         local = base_dir / base
-        if not local.is_file():
+        if not is_file(local):
             raise UnsafeReference(
                 name,
                 f'absolute path on the source host, and no "{base}" next to it in {base_dir}',

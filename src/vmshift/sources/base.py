@@ -17,8 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from vmshift.blockio.progress import EventSink
+from vmshift.errors import SourceError
 from vmshift.model.vm import SourceVM
 
 
@@ -43,3 +45,27 @@ class Source(Protocol):
     def open(self, workdir: Path) -> SourceVM: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RemoteSource(Protocol):
+    """A source whose disks are read from another host while the run goes on (vSphere, SSH)."""
+
+    def fetched(self) -> dict[str, int]:
+        """Bytes fetched from the remote per disk label; complete once the source is closed."""
+        ...
+
+    def lost(self) -> SourceError | None:
+        """The remote stopped answering and reads failed after every retry: the error to
+        report instead of what the reader of the missing blocks made of them; else None."""
+        ...
+
+
+@runtime_checkable
+class ReportingSource(Protocol):
+    """A source whose open() does slow work worth showing: vSphere downloads a disk that has no
+    flat file through the VM's export lease before the run can read it."""
+
+    def report_to(self, sink: EventSink) -> None:
+        """Send that work's progress (CopyProgress events) to sink; called before open()."""
+        ...

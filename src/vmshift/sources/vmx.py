@@ -1,4 +1,5 @@
-"""-i vmx: a VMware guest described by a .vmx file, with its VMDKs on a local filesystem.
+"""-i vmx: a VMware guest described by a .vmx file, with its VMDKs on a local filesystem, or
+with -it ssh on an ESXi host's datastore read over SSH (vmx_ssh.py).
 
 The VMX gives the hardware; each disk's VMDK descriptor (and, for a snapshot, the chain of
 parent descriptors) is checked before anything opens it: every extent and parent must exist
@@ -10,13 +11,15 @@ Where qemu would misread a descriptor that VMware reads fine (a file named by an
 ESXi path but copied next to the VMX, a RDONLY or ZERO extent, a createType qemu does not
 know), an equivalent descriptor is written under workdir and the endpoint names that one.
 Source files are only ever opened read-only.
+
+The files are read through a transport (vmx_files.py): the checks here are the same for a
+local VM and one read over SSH; the transport says how qemu then gets at each disk's data.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from vmshift.blockio.imageinfo import probe_image
 from vmshift.errors import DiskImageError, SourceError, UsageError
@@ -28,7 +31,7 @@ from vmshift.formats.vmdk_descriptor import (
     VmdkDescriptorError,
     format_descriptor,
     is_absolute_reference,
-    read_descriptor,
+    read_descriptor_from,
     resolve_reference,
 )
 from vmshift.formats.vmx import VmxFile, load_vmx
@@ -41,7 +44,8 @@ from vmshift.model.vm import (
     SourceVM,
 )
 from vmshift.sources import vmx_hardware as hw
-from vmshift.sources.base import SourceOptions
+from vmshift.sources.base import RemoteSource, SourceOptions
+from vmshift.sources.vmx_files import CheckedDisk, Layer, LocalFiles, VmxTransport
 
 MIB = 1 << 20
 MAX_VMX = 16 * MIB  # a VMX is a few KiB; a bigger file was named by mistake
@@ -63,34 +67,25 @@ QEMU_CREATE_TYPES = frozenset({
 # fmt: on
 
 
-@dataclass(frozen=True)
-class _Layer:
-    """One file of a disk's snapshot chain, checked."""
-
-    path: Path  # the descriptor (or the sparse file holding it)
-    desc: VmdkDescriptor
-    extent_files: tuple[Path | None, ...]  # per extent line; None for ZERO; () if embedded
-    parent: Path | None
-    needs_rewrite: bool  # qemu would misread this descriptor as it is
-
-
-@dataclass(frozen=True)
-class _Disk:
-    slot: hw.Slot
-    model: str | None
-    chain: tuple[_Layer, ...]  # the file the VMX names first
-
-
 class VmxSource:
     """Reads a .vmx file and the VMDKs it names (see the module docstring)."""
 
     def __init__(self, opts: SourceOptions) -> None:
         if len(opts.args) != 1:
-            raise UsageError("-i vmx takes exactly one argument: the guest's .vmx file")
-        if opts.transport is not None:
-            raise UsageError(f"-i vmx: -it {opts.transport} is not supported; copy the VM locally")
-        self.display = opts.args[0]
-        self.path = Path(opts.args[0]).absolute()
+            what = "ssh:// URI" if opts.transport == "ssh" else ".vmx file"
+            raise UsageError(f"-i vmx takes exactly one argument: the guest's {what}")
+        self._transport: VmxTransport
+        if opts.transport is None:
+            self._transport = _LocalTransport(opts.args[0])
+        elif opts.transport == "ssh":
+            from vmshift.sources.vmx_ssh import SshTransport
+
+            self._transport = SshTransport(opts)
+        else:
+            raise UsageError(f"-i vmx: -it {opts.transport} is not supported (-it ssh is)")
+        self._files = self._transport.files
+        self.display = self._transport.display
+        self.path = self._transport.vmx_path
 
     def open(self, workdir: Path) -> SourceVM:
         vmx = self._load()
@@ -100,6 +95,8 @@ class VmxSource:
                 f"{self.display}: no disks found (no present scsiN:M, sataN:M, ideN:M or "
                 "nvmeN:M hard disk)"
             )
+        for disk in disks:
+            self._transport.accept(disk, self._where(disk.slot))
         # Every disk's files were checked above, before anything is written or probed.
         source_disks = tuple(
             self._expose(disk, workdir, scsi_disk_name(i)) for i, disk in enumerate(disks)
@@ -120,20 +117,26 @@ class VmxSource:
             nics=hw.nics(vmx),
             origin="vmware",
             os_hint=vmx.get("guestos") or None,
-            source_file=str(self.path),
+            source_file=self._transport.source_file,
             genid=hw.genid(vmx, warnings),
             secure_boot=vmx.get_bool("uefi.secureboot.enabled"),
             warnings=tuple(warnings),
             extra=hw.extra(vmx),
         )
 
+    def fetched(self) -> dict[str, int]:
+        """What crossed the network (RemoteSource): -it ssh; nothing for local files."""
+        return self._transport.fetched() if isinstance(self._transport, RemoteSource) else {}
+
+    def lost(self) -> SourceError | None:
+        return self._transport.lost() if isinstance(self._transport, RemoteSource) else None
+
     def close(self) -> None:
-        """Nothing to stop: the disks are local files qemu opens itself."""
+        self._transport.close()
 
     def _load(self) -> VmxFile:
         try:
-            with self.path.open("rb") as f:
-                data = f.read(MAX_VMX + 1)
+            data = self._files.read_small(self.path, MAX_VMX + 1)
         except FileNotFoundError as exc:
             raise SourceError(f"{self.display}: no such file") from exc
         except IsADirectoryError as exc:
@@ -148,23 +151,24 @@ class VmxSource:
 
     # Disks: check everything first ------------------------------------------------------
 
-    def _check_disk(self, vmx: VmxFile, slot: hw.Slot) -> _Disk:
+    def _check_disk(self, vmx: VmxFile, slot: hw.Slot) -> CheckedDisk:
         key = slot.label
         name = vmx.get(f"{key}.filename", "")
-        where = f"{self.display}: disk {key}"
+        where = self._where(slot)
         if not name:
             raise SourceError(f"{where}: no fileName")
         top = self._reference(name, self.path.parent, where)
-        if not top.is_file():
+        if not self._files.is_file(top):
             raise DiskImageError(f'{where}: "{name}" not found ({top})')
-        chain: list[_Layer] = []
-        seen: set[Path] = set()
-        path: Path | None = top
+        chain: list[Layer] = []
+        seen: set[str] = set()
+        path: PurePath | None = top
         context = f"{where} {name}"
         while path is not None:
-            if path.resolve() in seen or len(chain) >= MAX_CHAIN:
+            identity = self._files.identity(path)
+            if identity in seen or len(chain) >= MAX_CHAIN:
                 raise DiskImageError(f"{context}: snapshot chain loops or is too long")
-            seen.add(path.resolve())
+            seen.add(identity)
             layer = self._check_layer(path, context)
             expected, actual = chain[-1].desc.parent_cid if chain else None, layer.desc.cid
             if expected is not None and actual is not None and expected != actual:
@@ -177,11 +181,12 @@ class VmxSource:
                 context = f'{where} {name}: parent "{self._shown(layer.parent)}"'
             path = layer.parent
         model = vmx.get(f"{slot.kind}{slot.bus}.virtualdev") if slot.kind == "scsi" else None
-        return _Disk(slot, model.lower() if model else None, tuple(chain))
+        return CheckedDisk(slot, model.lower() if model else None, tuple(chain))
 
-    def _check_layer(self, path: Path, where: str) -> _Layer:
+    def _check_layer(self, path: PurePath, where: str) -> Layer:
         try:
-            desc = read_descriptor(path)
+            with self._files.open(path) as f:
+                desc = read_descriptor_from(f, str(path))
         except VmdkDescriptorError as exc:
             raise DiskImageError(f"{where}: {exc.message}", hint=exc.hint) from exc
         except OSError as exc:
@@ -198,7 +203,7 @@ class VmxSource:
         if ctype in UNSUPPORTED_CREATE_TYPES or ctype not in CREATE_TYPES:
             raise DiskImageError(f"{where}: VMDK type {ctype!r} cannot be read")
         rewrite = not desc.embedded and ctype not in QEMU_CREATE_TYPES
-        files: list[Path | None] = []
+        files: list[PurePath | None] = []
         for extent in () if desc.embedded else desc.extents:
             if extent.access == "NOACCESS":
                 raise DiskImageError(f'{where}: extent "{extent.filename}" is NOACCESS')
@@ -212,7 +217,7 @@ class VmxSource:
                 continue
             rewrite |= is_absolute_reference(extent.filename)
             file = self._reference(extent.filename, path.parent, f"{where}: extent")
-            if not file.is_file():
+            if not self._files.is_file(file):
                 raise DiskImageError(f'{where}: extent "{extent.filename}" not found')
             files.append(file)
         parent = None
@@ -220,22 +225,22 @@ class VmxSource:
         if hint is not None:
             rewrite |= is_absolute_reference(hint)
             parent = self._reference(hint, path.parent, f"{where}: parent")
-            if not parent.is_file():
+            if not self._files.is_file(parent):
                 raise DiskImageError(f'{where}: parent "{hint}" not found')
         elif desc.has_parent:
             raise DiskImageError(f"{where}: a snapshot (delta) disk without parentFileNameHint")
-        return _Layer(path, desc, tuple(files), parent, rewrite)
+        return Layer(path, desc, tuple(files), parent, rewrite)
 
-    def _reference(self, name: str, base: Path, where: str) -> Path:
+    def _reference(self, name: str, base: PurePath, where: str) -> PurePath:
         try:
-            return resolve_reference(name, base)
+            return resolve_reference(name, base, self._files.is_file)
         except UnsafeReference as exc:
             raise DiskImageError(
                 f"{where} {exc}",
                 hint="keep the VM's files in one directory, with the names the VMX uses",
             ) from exc
 
-    def _shown(self, path: Path) -> str:
+    def _shown(self, path: PurePath) -> str:
         try:
             return str(path.relative_to(self.path.parent))
         except ValueError:
@@ -243,17 +248,12 @@ class VmxSource:
 
     # Disks: expose them to qemu --------------------------------------------------------
 
-    def _expose(self, disk: _Disk, workdir: Path, name: str) -> SourceDisk:
-        top = _rewrite_chain(disk.chain, workdir / "vmx", name)
-        where = f"{self.display}: disk {disk.slot.label}"
-        try:
-            info = probe_image(top)
-        except DiskImageError as exc:
-            raise DiskImageError(f"{where}: {exc.message}", hint=exc.hint) from exc
-        if info.format != "vmdk":
-            raise DiskImageError(f"{where}: {top}: qemu does not read it as a VMDK")
+    def _where(self, slot: hw.Slot) -> str:
+        return f"{self.display}: disk {slot.label}"
+
+    def _expose(self, disk: CheckedDisk, workdir: Path, name: str) -> SourceDisk:
         return SourceDisk(
-            endpoint=DiskEndpoint(uri=str(top), format="vmdk", virtual_size=info.virtual_size),
+            endpoint=self._transport.expose(disk, workdir, name, self._where(disk.slot)),
             controller=disk.slot.controller,
             bus=disk.slot.bus,
             unit=disk.slot.unit,
@@ -286,14 +286,41 @@ class VmxSource:
         return name if is_absolute_reference(name) else str(self.path.parent / name)
 
 
-def _rewrite_chain(chain: tuple[_Layer, ...], outdir: Path, name: str) -> Path:
+class _LocalTransport:
+    """The VM's files on this host: qemu reads the VMDKs itself."""
+
+    files = LocalFiles()
+
+    def __init__(self, arg: str) -> None:
+        self.display = arg
+        self.vmx_path = Path(arg).absolute()
+        self.source_file = str(self.vmx_path)
+
+    def accept(self, disk: CheckedDisk, where: str) -> None:
+        """qemu reads every kind of disk the checks let through."""
+
+    def expose(self, disk: CheckedDisk, workdir: Path, name: str, where: str) -> DiskEndpoint:
+        top = _rewrite_chain(disk.chain, workdir / "vmx", name)
+        try:
+            info = probe_image(top)
+        except DiskImageError as exc:
+            raise DiskImageError(f"{where}: {exc.message}", hint=exc.hint) from exc
+        if info.format != "vmdk":
+            raise DiskImageError(f"{where}: {top}: qemu does not read it as a VMDK")
+        return DiskEndpoint(uri=str(top), format="vmdk", virtual_size=info.virtual_size)
+
+    def close(self) -> None:
+        """Nothing to stop: the disks are local files qemu opens itself."""
+
+
+def _rewrite_chain(chain: tuple[Layer, ...], outdir: Path, name: str) -> Path:
     """The file to give qemu for the top of chain: the VMX's own file when qemu reads every
     descriptor of the chain correctly, else descriptors written under outdir."""
     exposed: Path | None = None  # the exposed form of the layer below the current one
     rewritten_below = False
     for depth, layer in reversed(list(enumerate(chain))):
         if not (layer.needs_rewrite or rewritten_below):
-            exposed = layer.path
+            exposed = Path(layer.path)
             continue
         outdir.mkdir(parents=True, exist_ok=True)
         target = outdir / f"{name}-{depth}.vmdk"
@@ -304,11 +331,11 @@ def _rewrite_chain(chain: tuple[_Layer, ...], outdir: Path, name: str) -> Path:
     return exposed
 
 
-def _qemu_descriptor(layer: _Layer, parent: str | None, target: Path) -> VmdkDescriptor:
+def _qemu_descriptor(layer: Layer, parent: str | None, target: Path) -> VmdkDescriptor:
     desc = layer.desc
     if desc.embedded:
         # The sparse file is its own extent; qemu reads its data through a text descriptor.
-        sparse = Extent("RW", desc.capacity_sectors, "SPARSE", str(layer.path.absolute()))
+        sparse = Extent("RW", desc.capacity_sectors, "SPARSE", str(Path(layer.path).absolute()))
         return dataclasses.replace(
             desc,
             create_type="twoGbMaxExtentSparse",
@@ -318,7 +345,7 @@ def _qemu_descriptor(layer: _Layer, parent: str | None, target: Path) -> VmdkDes
         )
     extents: list[Extent] = []
     for index, (original, found) in enumerate(zip(desc.extents, layer.extent_files, strict=True)):
-        extent, file = original, found
+        extent, file = original, None if found is None else Path(found)
         if file is None:  # ZERO: a sparse file of zeros costs nothing and qemu reads it
             file = target.with_name(f"{target.stem}-zero{index}.raw")
             with file.open("wb") as f:

@@ -2,13 +2,15 @@
 
 The description comes from the vSphere API (pyvmomi): the same SourceVM the VMX source makes.
 The disks are read over the datastore's HTTPS file service (`/folder/PATH-flat.vmdk?dcPath=&
-dsName=`) by nbdkit's curl plugin, which serves each one on a unix socket in the work directory
-as an NBD export: inspection and conversion read only the blocks they touch, through the
-pipeline's copy-on-write overlay, and the copy skips what the converted overlay knows is free.
-The session cookie reaches nbdkit in a 0600 file, never on a command line.
+dsName=`) by nbdkit with https_plugin.py (several connections per disk), which serves each one
+on a unix socket in the work directory as an NBD export: inspection and conversion read only
+the blocks they touch, through the pipeline's copy-on-write overlay, and the copy skips what the
+converted overlay knows is free. The session cookie reaches nbdkit in a 0600 file, never on a
+command line, and is kept alive and renewed for as long as the disks are read.
 
-Refused in one line: a powered-on VM, a VM with snapshots (its disks are delta files with no
-flat data behind them), a disk with no flat file (vSAN, VVols).
+A disk with no flat file (vSAN, VVols) is downloaded through the VM's export lease instead
+(vsphere_export.py). Refused in one line: a powered-on VM, a VM with snapshots (its disks are
+delta files with no flat data behind them).
 """
 
 from __future__ import annotations
@@ -18,32 +20,37 @@ import difflib
 import hashlib
 import http.client
 import logging
-import os
 import socket
 import ssl
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from vmshift.errors import DiskImageError, EnvironmentProblem, SourceError, UsageError
+from vmshift.blockio.progress import EventSink, discard
+from vmshift.errors import DiskImageError, SourceError, UsageError
 from vmshift.model.devnames import scsi_disk_name
 from vmshift.model.vm import DiskEndpoint, SourceDisk, SourceVM
+from vmshift.sources import vsphere_export
 from vmshift.sources import vsphere_meta as meta
 from vmshift.sources.base import SourceOptions
+from vmshift.sources.nbdkit import NbdkitServers, export_size
+from vmshift.sources.vsphere_session import KEEPALIVE, SessionKeeper, write_cookie
 from vmshift.sources.vsphere_uri import VsphereUri, parse_vsphere_uri
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0  # an unreachable host fails in seconds, not minutes
-NBDKIT_START = 30.0
 THUMBPRINT_OPTION = "vddk-thumbprint"
-RETRIES = 6  # nbdkit's retry filter: 1 + 2 + ... + 32 s of waiting at the most
+# nbdkit's retry-request filter: a failed read is tried again every RETRY_DELAY seconds, up to
+# RETRIES times (a minute in all). Not the retry filter: it serialises the requests in flight.
+RETRIES = 12
+RETRY_DELAY = 5
+CONNECTIONS = 4  # HTTPS connections per disk: an ESXi host throttles each one
+HTTPS_PLUGIN = Path(__file__).with_name("https_plugin.py")
 
 
 class VsphereSource:
-    def __init__(self, opts: SourceOptions) -> None:
+    def __init__(self, opts: SourceOptions, keepalive: float = KEEPALIVE) -> None:
         if len(opts.args) != 1:
             raise UsageError("-ic esx://... and vpx://... take exactly one argument: the VM's name")
         if opts.conn is None:
@@ -55,7 +62,12 @@ class VsphereSource:
         self._password = opts.password
         self._thumbprint = opts.options.get(THUMBPRINT_OPTION)
         self._si: Any = None
-        self._nbdkits: list[subprocess.Popen[bytes]] = []
+        self._keepalive = keepalive
+        self._keeper: SessionKeeper | None = None
+        self._servers = NbdkitServers()
+        self._downloaded: dict[str, int] = {}  # disks read through an export lease
+        self._events: EventSink = discard  # the run's, for the export lease's downloads
+        self._vm: Any = None  # the VM being read, for its export lease
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -93,6 +105,13 @@ class VsphereSource:
             ) from None
         except (OSError, vim.fault.VimFault) as exc:
             raise SourceError(f"{where}: cannot log in: {exc}") from None
+
+    def _plugin_verify(self) -> str:
+        """How https_plugin checks the server: the CAs, nothing, or the pinned fingerprint."""
+        if self._thumbprint is not None:
+            wanted = self._thumbprint.replace(":", "").lower()
+            return f"{'sha1' if len(wanted) == 40 else 'sha256'}:{wanted}"
+        return "none" if self._uri.no_verify else "ca"
 
     def _tls_context(self, where: str) -> ssl.SSLContext:
         if self._thumbprint is None and not self._uri.no_verify:
@@ -158,15 +177,21 @@ class VsphereSource:
 
         self._si = self._connect()
         where = f"{self._uri.scheme}://{self._uri.server}/{self._name}"
+        cookie = workdir / "vsphere-cookie"
+        write_cookie(cookie, self._si)
         try:
-            return self._read(workdir, where)
+            vm = self._read(workdir, where)
         except (OSError, http.client.HTTPException, vmodl.MethodFault) as exc:
             message = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
             raise SourceError(f"{where}: the vSphere API failed: {message}") from exc
+        # The disks are read from now until close(): keep the session (and the cookie) alive.
+        self._keeper = SessionKeeper(self._si, self._connect, cookie, self._keepalive)
+        self._keeper.start()
+        return vm
 
     def _read(self, workdir: Path, where: str) -> SourceVM:
         content = self._si.RetrieveContent()
-        vm = self._find(content)
+        vm = self._vm = self._find(content)
         state = str(vm.runtime.powerState)
         if state != "poweredOff":
             raise SourceError(f"{where}: the VM is {state}", hint="shut the guest down first")
@@ -217,34 +242,29 @@ class VsphereSource:
         query = urlencode({"dcPath": datacenter, "dsName": disk.datastore})
         url = f"https://{uri.host}:{uri.port}/folder/{quote(disk.flat_path)}?{query}"
         label = f"[{disk.datastore}] {disk.path}"
-        cookie = workdir / "vsphere-cookie"
-        if not cookie.exists():
-            fd = os.open(cookie, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(self._si._stub.cookie.split(";", 1)[0])
+        cookie = workdir / "vsphere-cookie"  # written by open(), renewed by the SessionKeeper
         sock = workdir / f"vsphere-{index}.sock"
-        # The retry filter reopens the HTTPS connection and repeats a failed read, waiting
-        # 1, 2, 4 ... 32 s: a reset connection or a 5xx costs a retry, not the copy.
-        argv = [
-            "nbdkit", "--exit-with-parent", "--foreground", "--readonly", "-U", str(sock),
-            "--filter=retry", "curl", f"url={url}", f"cookie=+{cookie}", "timeout=60",
-            f"sslverify={'false' if uri.no_verify or self._thumbprint else 'true'}",
-            f"retries={RETRIES}", "retry-delay=1", "retry-exponential=yes",
+        # https_plugin.py reads the file over up to CONNECTIONS HTTPS connections at once,
+        # replacing a connection that failed. The retry-request filter repeats a read that
+        # failed (a reset, a 5xx, a timeout): a bad moment costs a retry, not the copy.
+        plugin = [
+            "python", str(HTTPS_PLUGIN), f"url={url}", f"cookie-file={cookie}",
+            f"connections={CONNECTIONS}", "timeout=60", f"verify={self._plugin_verify()}",
+            f"retry-request-retries={RETRIES}", f"retry-request-delay={RETRY_DELAY}",
         ]  # fmt: skip
-        log.info("serving %s: nbdkit curl %s", label, url)
+        nbd_uri = self._servers.serve(sock, plugin, label, ["retry-request"], count_reads=True)
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        except FileNotFoundError:
-            raise EnvironmentProblem("nbdkit is not installed", hint="install nbdkit") from None
-        self._nbdkits.append(proc)
-        _wait_for_socket(proc, sock, label)
-        size = _export_size(sock, f"{label}: {disk.flat_path}")
-        if size < disk.capacity:
-            raise DiskImageError(
-                f"{label}: {disk.flat_path} holds {size} bytes, the disk {disk.capacity}",
-                hint="a vSAN or VVol disk has no flat file to read over HTTPS",
-            )
-        endpoint = DiskEndpoint(f"nbd+unix:///?socket={sock}", "raw", disk.capacity)
+            size = export_size(sock, f"{label}: {disk.flat_path}")
+            if size < disk.capacity:
+                raise DiskImageError(
+                    f"{label}: {disk.flat_path} holds {size} bytes, the disk {disk.capacity}",
+                    hint="a vSAN or VVol disk has no flat file to read over HTTPS",
+                )
+            endpoint = DiskEndpoint(nbd_uri, "raw", disk.capacity)
+        except SourceError as unreadable:
+            # No flat file (vSAN, VVols): the VM's export lease serves the disk instead.
+            self._servers.retire(sock)
+            endpoint = self._exported(disk, workdir, index, label, str(unreadable))
         return SourceDisk(
             endpoint=endpoint,
             controller=disk.controller,
@@ -254,18 +274,46 @@ class VsphereSource:
             name=scsi_disk_name(index),
         )
 
+    def _exported(
+        self, disk: meta.VsphereDisk, workdir: Path, index: int, label: str, unreadable: str
+    ) -> DiskEndpoint:
+        """The disk downloaded into workdir through the VM's export lease (vsphere_export)."""
+        uri = self._uri
+        name = scsi_disk_name(index)
+        job = vsphere_export.Export(
+            disk, workdir / f"vsphere-{index}-export.img", label,
+            f"{name}-export", f"{self._name}-{name}-export", unreadable,
+        )  # fmt: skip
+        server = vsphere_export.Server(
+            uri.host, uri.port, self._tls_context(f"{uri.scheme}://{uri.server}"),
+            self._si._stub.cookie.split(";", 1)[0],
+        )  # fmt: skip
+        endpoint = vsphere_export.export_disk(self._vm, job, server, self._events)
+        self._downloaded[label] = job.dest.stat().st_size
+        return endpoint
+
+    def report_to(self, sink: EventSink) -> None:
+        """Send the progress of what open() downloads (export leases) to the run's sink."""
+        self._events = sink
+
+    def fetched(self) -> dict[str, int]:
+        """Bytes read from the datastore per disk (complete once closed)."""
+        return {**self._servers.fetched(), **self._downloaded}  # exported: the download
+
+    def lost(self) -> SourceError | None:
+        """Why the disks stopped being readable, when the reads ended in failure after every
+        retry (the host went away mid-run): the error to show instead of what the reader of
+        the failed blocks made of them."""
+        where = f"{self._uri.scheme}://{self._uri.server}/{self._name}"
+        retried = f"each read was tried {RETRIES + 1} times over {RETRIES * RETRY_DELAY} s"
+        return self._servers.lost(where, retried)
+
     def close(self) -> None:
-        for proc in self._nbdkits:
-            if proc.poll() is None:
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=10)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if proc.stderr is not None:
-                proc.stderr.close()
-        self._nbdkits.clear()
+        self._servers.close()
+        if self._keeper is not None:
+            self._keeper.stop()
+            self._si = self._keeper.si
+            self._keeper = None
         if self._si is not None:
             from pyVim.connect import Disconnect
 
@@ -295,31 +343,3 @@ def _datacenter_of(vm: Any) -> str:
     while entity is not None and not hasattr(entity, "hostFolder"):
         entity = entity.parent
     return str(entity.name) if entity is not None else "ha-datacenter"
-
-
-def _wait_for_socket(proc: subprocess.Popen[bytes], sock: Path, label: str) -> None:
-    deadline = time.monotonic() + NBDKIT_START
-    while not sock.exists():
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-            raise SourceError(f"{label}: nbdkit could not serve the disk: {err or proc.returncode}")
-        if time.monotonic() > deadline:
-            raise SourceError(f"{label}: nbdkit did not start within {NBDKIT_START:.0f} s")
-        time.sleep(0.05)
-
-
-def _export_size(sock: Path, label: str) -> int:
-    import nbd
-
-    handle = nbd.NBD()
-    try:
-        handle.connect_unix(str(sock))
-        return int(handle.get_size())
-    except nbd.Error as exc:
-        raise SourceError(
-            f"{label}: cannot be read over HTTPS ({exc.string})",
-            hint="a vSAN or VVol disk has no flat file to read; such disks are not supported yet",
-        ) from None
-    finally:
-        with contextlib.suppress(nbd.Error):
-            handle.shutdown()

@@ -1,0 +1,154 @@
+"""nbdkit serving a source's disks: one read-only NBD export per disk, on a unix socket in the
+run's work directory, gone with vmshift (--exit-with-parent) or at close().
+
+A plugin's secrets reach it through files (password=+FILE, a cookie file), never its command
+line, which is logged at -v. nbdkit's messages go to a log file beside its socket, whose last
+message explains a failure. For a disk read from another host, nbdkit's log filter (right
+above the plugin, so below the retry filter) records every read: what crossed the network,
+and whether the reads ended in failure (blockio/nbdkit_log.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmshift.blockio.nbdkit_log import read_log
+from vmshift.errors import EnvironmentProblem, SourceError
+from vmshift.process import stop
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 30.0  # seconds for the socket to appear
+
+
+@dataclass(frozen=True)
+class _Served:
+    label: str
+    sock: Path
+    proc: subprocess.Popen[bytes]
+    reads: Path | None  # the log filter's file, when reads are counted
+
+
+class NbdkitServers:
+    """The nbdkit processes of one source; close() stops them all."""
+
+    def __init__(self) -> None:
+        self._served: list[_Served] = []
+        self._fetched: dict[str, int] = {}
+
+    def serve(
+        self,
+        sock: Path,
+        plugin: Sequence[str],
+        label: str,
+        filters: Sequence[str] = (),
+        count_reads: bool = False,
+    ) -> str:
+        """Serve plugin (its name, then KEY=VALUE arguments, filters' included) read-only on
+        sock; return the NBD URI once the socket is there. label names the disk in errors and
+        in fetched(); count_reads logs every read the plugin makes (a remote disk)."""
+        reads = sock.with_name(sock.name + ".reads") if count_reads else None
+        args = list(plugin)
+        if reads is not None:
+            filters = [*filters, "log"]  # innermost: next to the plugin
+            args.append(f"logfile={reads}")
+        argv = ["nbdkit", "--exit-with-parent", "--foreground", "--readonly", "-U", str(sock)]
+        argv += [f"--filter={name}" for name in filters] + args
+        log.info("serving %s: %s", label, shlex.join(argv))
+        try:
+            with _logfile(sock).open("wb") as err:
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+                )
+        except FileNotFoundError:
+            raise EnvironmentProblem("nbdkit is not installed", hint="install nbdkit") from None
+        self._served.append(_Served(label, sock, proc, reads))
+        deadline = time.monotonic() + START_TIMEOUT
+        while not sock.exists():
+            if proc.poll() is not None:
+                why = last_message(sock) or f"exit {proc.returncode}"
+                if f"cannot open plugin '{plugin[0]}'" in why:
+                    raise EnvironmentProblem(
+                        f"nbdkit's {plugin[0]} plugin is not installed",
+                        hint=f"install nbdkit-plugin-{plugin[0]} (make setup does)",
+                    )
+                raise SourceError(f"{label}: nbdkit could not serve the disk: {why}")
+            if time.monotonic() > deadline:
+                raise SourceError(f"{label}: nbdkit did not start within {START_TIMEOUT:.0f} s")
+            time.sleep(0.05)
+        return f"nbd+unix:///?socket={sock}"
+
+    def fetched(self) -> dict[str, int]:
+        """Bytes the plugins read per counted disk: so far, or in all once closed."""
+        live = {s.label: read_log(s.reads).fetched for s in self._served if s.reads}
+        return {**self._fetched, **live}
+
+    def lost(self, where: str, retried: str) -> SourceError | None:
+        """RemoteSource.lost(): the first counted disk whose reads ended in failure, after
+        every retry (retried says how they were tried), as the error to report."""
+        for served in self._served:
+            if served.reads is not None and read_log(served.reads).last_failed:
+                why = last_message(served.sock) or "no message"
+                return SourceError(
+                    f"{where}: {served.label} stopped answering: {why}",
+                    hint=f"{retried}; run the conversion again once the host is back",
+                )
+        return None
+
+    def retire(self, sock: Path) -> None:
+        """Stop serving sock's disk, which something else now provides."""
+        for served in [s for s in self._served if s.sock == sock]:
+            stop(served.proc)
+            self._served.remove(served)
+
+    def close(self) -> None:
+        for served in self._served:
+            stop(served.proc)
+        # The logs live in the work directory, which goes once the source is closed.
+        self._fetched.update(self.fetched())
+        self._served.clear()
+
+
+def export_size(sock: Path, label: str) -> int:
+    """The size of the export on sock, which is opened (the plugin connects) to learn it;
+    SourceError with nbdkit's own reason when that fails."""
+    import nbd
+
+    handle = nbd.NBD()
+    try:
+        handle.connect_unix(str(sock))
+        return int(handle.get_size())
+    except nbd.Error as exc:
+        why = last_message(sock) or exc.string
+        raise SourceError(f"{label}: cannot be read: {why}") from None
+    finally:
+        with contextlib.suppress(nbd.Error):
+            handle.shutdown()
+
+
+def last_message(sock: Path) -> str:
+    """The last thing the nbdkit serving sock said ("" if nothing). A python plugin's error
+    is a traceback: its last line says what happened."""
+    try:
+        text = _logfile(sock).read_text(errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    errors = [i for i, line in enumerate(lines) if "error:" in line]
+    if errors and lines[errors[-1]].endswith("Traceback (most recent call last):"):
+        # The plugin's own errors are RuntimeErrors whose text is the whole story.
+        return lines[-1].removeprefix("RuntimeError: ")
+    return lines[-1]
+
+
+def _logfile(sock: Path) -> Path:
+    return sock.with_name(sock.name + ".log")
