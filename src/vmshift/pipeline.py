@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import SourceVM
 from vmshift.sources.base import RemoteSource, ReportingSource, Source
 from vmshift.targets.base import OutputDisk, Target, TargetResult
+from vmshift.workdir import make_workdir, sweep_dead_runs
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,9 @@ def check_free_space(outputs: Sequence[OutputDisk], estimates: Sequence[SizeEsti
 def run_conversion(
     source: Source, target: Target, opts: RunOptions, sink: EventSink
 ) -> ConversionResult:
-    workdir = Path(tempfile.mkdtemp(prefix="vmshift-", dir=opts.workdir_parent))
+    for dead in sweep_dead_runs(opts.workdir_parent):
+        sink(WarningEvent(f"removed {dead}: the work directory of a run that was killed"))
+    workdir = make_workdir(opts.workdir_parent)
     try:
         sink(StageEvent("source", "reading the source"))
         if isinstance(source, ReportingSource):

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 
 from vmshift.errors import EnvironmentProblem, VmshiftError
 
@@ -66,3 +67,14 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
+
+
+def proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (so [0] is the state, [1] the
+    parent's pid, [19] the start time), or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name, in parentheses, may hold spaces: the fields follow its end.
+    return stat.rsplit(")", 1)[1].split()

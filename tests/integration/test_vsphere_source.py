@@ -391,4 +391,3 @@ def test_a_disk_is_read_over_several_connections(sim: Simulator, tmp_path: Path)
     carried = [n for n in proxy.answered if n >= 4 << 20]  # data connections, not the API's
     assert 2 <= len(carried) <= CONNECTIONS, proxy.answered
     assert sum(carried) >= 32 << 20
-

@@ -7,17 +7,19 @@ import dataclasses
 import getpass
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from vmshift.blockio.progress import Event
 from vmshift.cli import mode_options
 from vmshift.cli.options import memory_size
 from vmshift.cli.profile_options import apply_profile, target_networks
 from vmshift.cli.render import ProgressPrinter, human_size, print_source_vm
+from vmshift.cli.signals import GUARD
 from vmshift.convert.base import ConvertOptions
 from vmshift.errors import UsageError
 from vmshift.model.inspection import OperatingSystem
@@ -313,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
         vcpus=args.vcpus,
     )
     with printer:
-        result = run_conversion(source, target, run_opts, printer.event)
+        result = run_conversion(source, target, run_opts, partial(_both, printer.event))
     line = verdict(result)
     if args.report:
         write_report(args.report, result, line)
@@ -325,6 +327,12 @@ def run(args: argparse.Namespace) -> int:
         print(result.target.description)
     print(line, file=sys.stdout)
     return 0
+
+
+def _both(show: Callable[[Event], None], event: Event) -> None:
+    """The run's event sink: the signal guard learns the stage, the printer shows it."""
+    GUARD.note(event)
+    show(event)
 
 
 def ask_root(printer: ProgressPrinter, oses: Sequence[OperatingSystem]) -> OperatingSystem:

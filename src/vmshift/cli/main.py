@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from vmshift import __version__
+from vmshift.cli.signals import GUARD
 from vmshift.errors import VmshiftError
 
 # Subcommand name -> module under vmshift.cli that defines add_arguments(parser) and run(args).
@@ -69,10 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     _setup_logging(args.verbose)
+    GUARD.install()
     try:
         rc: int = args.run(args)
         return rc
     except VmshiftError as exc:
+        if GUARD.signum is not None:
+            return _interrupted(args.verbose)  # what failed did so because of the signal
         if args.verbose:
             log.exception("traceback follows")
         print(f"vmshift: error: {exc.message}", file=sys.stderr)
@@ -80,8 +84,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"vmshift: hint: {exc.hint}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("vmshift: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(args.verbose)
+    except Exception:
+        # Anything else is a bug, except when a signal made it happen (a libguestfs call on
+        # the appliance the signal stopped): then it is the interruption.
+        if GUARD.signum is None:
+            raise
+        return _interrupted(args.verbose)
+
+
+def _interrupted(verbose: int) -> int:
+    if verbose:
+        log.exception("traceback follows")
+    signum = GUARD.signum or 2  # a KeyboardInterrupt without our handler: SIGINT
+    GUARD.signum = signum
+    print(f"vmshift: {GUARD.message()}", file=sys.stderr)
+    print("vmshift: nothing was left behind; the source is untouched", file=sys.stderr)
+    return 128 + signum
 
 
 if __name__ == "__main__":

@@ -204,14 +204,15 @@ class ProgressPrinter:
             if self.machine_readable:
                 print(f"warning {ev.message}", flush=True)
             else:
-                self.console.print(f"vmshift: warning: {ev.message}", markup=False)
+                # soft_wrap: a long line (a path) is not cut or folded at the console's width.
+                self.console.print(f"vmshift: warning: {ev.message}", markup=False, soft_wrap=True)
             return
         if isinstance(ev, StageEvent):
             stamp = time.monotonic() - self.started
             if self.machine_readable:
                 print(f"stage {ev.stage} {stamp:.1f} {ev.message}", flush=True)
             else:
-                self.console.print(f"[{stamp:6.1f}] {ev.message}", markup=False)
+                self.console.print(f"[{stamp:6.1f}] {ev.message}", markup=False, soft_wrap=True)
             return
         if self.machine_readable:
             percent = int(ev.done * 100 / ev.total) if ev.total else 100

@@ -1,0 +1,101 @@
+"""SIGTERM, SIGHUP and SIGKILL in the middle of a conversion (the phony RHEL guest, -o local):
+one line naming the signal and the stage, the right exit code, nothing left behind (outputs,
+work directory, child processes), and what a killed run left removed by the next run."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import sha256, vmshift
+from tests.guests.manifest import BuiltGuest
+
+
+def _start(guest: BuiltGuest, outdir: Path, workdir: Path) -> subprocess.Popen[str]:
+    exe = Path(sys.executable).parent / "vmshift"
+    return subprocess.Popen(
+        [str(exe), "convert", "-i", "disk", *map(str, guest.disks), "-o", "local",
+         "-os", str(outdir), "--workdir", str(workdir), "--machine-readable"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _wait_for_stage(proc: subprocess.Popen[str], stage: str) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(f"stage {stage} "):
+            return
+    raise AssertionError(f"the run ended before stage {stage}: {proc.wait()}")
+
+
+def _users_of(path: Path) -> list[str]:
+    """The command lines of live processes that name path (a leftover appliance, nbdkit ...)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in text:
+            found.append(text)
+    return found
+
+
+CASES = {
+    "SIGTERM": (signal.SIGTERM, "convert", "interrupted by SIGTERM while converting linux guest"),
+    "SIGHUP": (signal.SIGHUP, "inspect", "interrupted by SIGHUP while inspecting the guest"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_signal_ends_the_run_cleanly(
+    linux_guests: dict[str, BuiltGuest], outdir: Path, workdir: Path, case: str
+) -> None:
+    """Only vmshift gets the signal (as from `kill` or a closed terminal), not the appliance:
+    vmshift stops its children itself, even with its main thread inside a libguestfs call."""
+    signum, stage, said = CASES[case]
+    guest = linux_guests["rhel"]
+    before = sha256(guest.disks[0])
+    proc = _start(guest, outdir, workdir)
+    _wait_for_stage(proc, stage)
+    time.sleep(2)  # inside the stage's work, not at its first line
+    started = time.monotonic()
+    proc.send_signal(signum)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert time.monotonic() - started < 60, "the signal waited for the stage to end"
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("vmshift: interrupted")]
+    assert len(lines) == 1 and lines[0].startswith(f"vmshift: {said}"), err
+    assert "vmshift: error:" not in err, err
+    assert list(outdir.iterdir()) == [] and list(workdir.iterdir()) == []
+    assert _users_of(workdir) == []
+    assert sha256(guest.disks[0]) == before
+
+
+def test_what_a_killed_run_left_is_removed_by_the_next(
+    linux_guests: dict[str, BuiltGuest], outdir: Path, workdir: Path
+) -> None:
+    guest = linux_guests["rhel"]
+    proc = _start(guest, outdir, workdir)
+    _wait_for_stage(proc, "inspect")
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    [left] = list(workdir.iterdir())  # SIGKILL cannot be cleaned up at once
+    assert (left / "owner").read_text().split()[0] == str(proc.pid)
+    deadline = time.monotonic() + 60
+    while _users_of(left) and time.monotonic() < deadline:
+        time.sleep(1)  # the appliance notices its parent is gone and powers off
+    # The next run (here one that fails at once on its output directory) removes it.
+    nowhere = outdir / "absent"
+    again = vmshift(["convert", "-i", "disk", *guest.disks, "-o", "local", "-os", nowhere,
+                     "--workdir", workdir])  # fmt: skip
+    assert again.returncode == 1, again.stderr
+    assert f"removed {left}: the work directory of a run that was killed" in again.stderr
+    assert list(workdir.iterdir()) == []
+    assert Path(guest.disks[0]).exists()
