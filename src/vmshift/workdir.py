@@ -35,6 +35,10 @@ def sweep_dead_runs(parent: Path | None) -> list[Path]:
     base = parent if parent is not None else Path(tempfile.gettempdir())
     removed: list[Path] = []
     for workdir in sorted(base.glob(f"{PREFIX}*")):
+        if workdir.is_symlink():  # a short way to a work directory (sources/nbdkit.py)
+            if not workdir.exists():
+                workdir.unlink(missing_ok=True)  # its run died, and its directory is gone
+            continue
         try:
             pid, started = (workdir / OWNER).read_text().split()
             if _start_time(int(pid)) == started:

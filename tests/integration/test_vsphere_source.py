@@ -294,8 +294,7 @@ def test_a_host_gone_mid_read_is_named(
     from vmshift.sources import vsphere
     from vmshift.sources.base import RemoteSource, SourceOptions
 
-    monkeypatch.setattr(vsphere, "RETRIES", 1)  # one retry after 1 s, not twelve in a minute
-    monkeypatch.setattr(vsphere, "RETRY_DELAY", 1)
+    monkeypatch.setattr(vsphere, "RETRIES", 1)  # one retry after 1 s, not six in a minute
     with simulator("esx", "root", PASSWORD) as server:
         server.add_vm(_vms(disks)[0])
         source = vsphere.VsphereSource(
@@ -391,3 +390,51 @@ def test_a_disk_is_read_over_several_connections(sim: Simulator, tmp_path: Path)
     carried = [n for n in proxy.answered if n >= 4 << 20]  # data connections, not the API's
     assert 2 <= len(carried) <= CONNECTIONS, proxy.answered
     assert sum(carried) >= 32 << 20
+
+
+def test_the_plugin_checks_the_pin_on_its_own_connections(sim: Simulator, tmp_path: Path) -> None:
+    """The fingerprint is checked by the plugin on every HTTPS connection it opens, not only
+    by the API login: a server whose certificate is not the pinned one is refused at once."""
+    from vmshift.errors import SourceError
+    from vmshift.sources.nbdkit import NbdkitServers, export_size
+    from vmshift.sources.vsphere import HTTPS_PLUGIN
+
+    cookie = tmp_path / "cookie"
+    cookie.write_text("vmware_soap_session=none")
+    url = f"https://127.0.0.1:{sim.port}/folder/sb-guest/efi-flat.vmdk?dsName=LocalDS_0"
+    servers = NbdkitServers()
+    try:
+        sock = tmp_path / "pinned.sock"
+        plugin = ["python", str(HTTPS_PLUGIN), f"url={url}", f"cookie-file={cookie}",
+                  f"verify=sha256:{'00' * 32}", "retries=3"]  # fmt: skip
+        servers.serve(sock, plugin, "pinned")
+        started = time.monotonic()
+        with pytest.raises(SourceError, match="not the pinned one"):
+            export_size(sock, "pinned")
+        assert time.monotonic() - started < QUICK / 4  # not retried
+    finally:
+        servers.close()
+
+
+def test_a_deep_work_directory_still_serves_the_disks(sim: Simulator, tmp_path: Path) -> None:
+    """A unix socket's path holds 107 bytes: in a deeper work directory the socket is bound
+    through a short link in /tmp, which close() removes."""
+    import nbd
+
+    from vmshift.sources.base import SourceOptions
+    from vmshift.sources.vsphere import VsphereSource
+
+    deep = tmp_path / ("deep" * 30)
+    deep.mkdir()
+    source = VsphereSource(SourceOptions(args=("sb-guest",), conn=sim.uri(), password=PASSWORD))
+    try:
+        vm = source.open(deep)
+        uri = vm.disks[0].endpoint.uri
+        assert uri.startswith("nbd+unix:///?socket=/tmp/vmshift-") and len(uri) < 140, uri
+        handle = nbd.NBD()
+        handle.connect_uri(uri)
+        assert handle.pread(512, 0).rstrip(b"\0") == b"vmshift efi disk"
+        handle.shutdown()
+    finally:
+        source.close()
+    assert not Path(uri.split("=", 1)[1]).parent.exists()

@@ -11,11 +11,14 @@ could only be told not to verify at all.
 It runs inside nbdkit's own Python (Debian's python3, package nbdkit-plugin-python), not in
 vmshift's: the standard library only, nothing from vmshift. The session cookie comes from a
 file that vmshift keeps current (sources/vsphere_session.py); it is read again when a request
-is refused as unauthorised. nbdkit's retry filter sits above this plugin, so an error here
-(a reset, a 5xx, a timeout) closes the connection at fault and the read is tried again.
+is refused as unauthorised. A read that fails (a reset, a timeout, a 5xx or 429) closes the
+connection at fault and is tried again on another, after 1, 2, 4 ... seconds (at most 30
+between tries), while the other reads in flight go on: nbdkit's retry filter would serialise
+them, its retry-request filter cannot back off. A 4xx answer or a certificate that is not the
+pinned one fails at once.
 
 Parameters: url=, cookie-file=, connections= (default 4), timeout= (seconds, default 60),
-verify=ca|none|sha1:HEX|sha256:HEX.
+verify=ca|none|sha1:HEX|sha256:HEX, retries= (default 0), retry-delay= (seconds, default 1).
 """
 
 from __future__ import annotations
@@ -24,13 +27,16 @@ import hashlib
 import http.client
 import ssl
 import threading
+import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import nbdkit  # type: ignore[import-not-found]
 
 API_VERSION = 2
+MAX_DELAY = 30.0  # seconds between two tries of a read, at the most
 
 
 class _Remote:
@@ -48,7 +54,8 @@ _remote = _Remote()
 
 
 def config(key: str, value: str) -> None:
-    if key not in ("url", "cookie-file", "connections", "timeout", "verify"):
+    known = ("url", "cookie-file", "connections", "timeout", "verify", "retries", "retry-delay")
+    if key not in known:
         raise RuntimeError(f"unknown parameter {key!r}")
     _remote.settings[key] = value
 
@@ -80,7 +87,7 @@ def can_multi_conn(h: int) -> bool:
 
 def get_size(h: int) -> int:
     if _remote.size is None:
-        response = _request("HEAD", {})
+        response = _patiently(lambda: _request("HEAD", {}))
         length = response.getheader("Content-Length")
         if length is None:
             raise RuntimeError("the server did not say the file's size (no Content-Length)")
@@ -89,7 +96,28 @@ def get_size(h: int) -> int:
 
 
 def pread(h: int, buf: bytearray, offset: int, flags: int) -> None:
-    _request("GET", {"Range": f"bytes={offset}-{offset + len(buf) - 1}"}, buf)
+    _patiently(lambda: _request("GET", {"Range": f"bytes={offset}-{offset + len(buf) - 1}"}, buf))
+
+
+class FinalError(RuntimeError):
+    """An answer that trying again would not change (a 4xx, the wrong certificate)."""
+
+
+def _patiently(call: Callable[[], Any]) -> Any:
+    retries = int(_remote.settings.get("retries", "0"))
+    delay = float(_remote.settings.get("retry-delay", "1"))
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except FinalError:
+            raise
+        except Exception as exc:
+            if attempt == retries:
+                raise
+            nbdkit.debug(f"https_plugin: {exc}; trying again in {delay:.0f} s")
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY)
+    raise AssertionError("unreachable")
 
 
 def _tls_context() -> ssl.SSLContext:
@@ -116,7 +144,7 @@ def _connect() -> http.client.HTTPSConnection:
         actual = hashlib.new(algorithm, der or b"").hexdigest()
         if actual != wanted.lower():
             conn.close()
-            raise RuntimeError(f"the server's certificate is not the pinned one ({algorithm})")
+            raise FinalError(f"the server's certificate is not the pinned one ({algorithm})")
     return conn
 
 
@@ -157,7 +185,8 @@ def _request(method: str, headers: dict[str, str], into: bytearray | None = None
                     continue
                 expected = 206 if into is not None else 200
                 if response.status != expected:
-                    raise RuntimeError(
+                    final = 400 <= response.status < 500 and response.status not in (408, 429)
+                    raise (FinalError if final else RuntimeError)(
                         f"{method} {target}: HTTP {response.status} {response.reason}"
                     )
                 if into is not None:

@@ -11,7 +11,9 @@ and whether the reads ended in failure (blockio/nbdkit_log.py).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
 import shlex
 import subprocess
 import time
@@ -26,6 +28,7 @@ from vmshift.process import stop
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 30.0  # seconds for the socket to appear
+MAX_SOCKET_PATH = 107  # a unix socket's path: sun_path holds 108 bytes with the final NUL
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class NbdkitServers:
     def __init__(self) -> None:
         self._served: list[_Served] = []
         self._fetched: dict[str, int] = {}
+        self._links: list[Path] = []  # short paths to the work directory (reachable())
 
     def serve(
         self,
@@ -59,7 +63,11 @@ class NbdkitServers:
         if reads is not None:
             filters = [*filters, "log"]  # innermost: next to the plugin
             args.append(f"logfile={reads}")
-        argv = ["nbdkit", "--exit-with-parent", "--foreground", "--readonly", "-U", str(sock)]
+        listen = reachable(sock)
+        if listen != sock and not listen.parent.exists():
+            listen.parent.symlink_to(sock.parent)
+            self._links.append(listen.parent)
+        argv = ["nbdkit", "--exit-with-parent", "--foreground", "--readonly", "-U", str(listen)]
         argv += [f"--filter={name}" for name in filters] + args
         log.info("serving %s: %s", label, shlex.join(argv))
         try:
@@ -83,7 +91,7 @@ class NbdkitServers:
             if time.monotonic() > deadline:
                 raise SourceError(f"{label}: nbdkit did not start within {START_TIMEOUT:.0f} s")
             time.sleep(0.05)
-        return f"nbd+unix:///?socket={sock}"
+        return f"nbd+unix:///?socket={listen}"
 
     def fetched(self) -> dict[str, int]:
         """Bytes the plugins read per counted disk: so far, or in all once closed."""
@@ -114,6 +122,18 @@ class NbdkitServers:
         # The logs live in the work directory, which goes once the source is closed.
         self._fetched.update(self.fetched())
         self._served.clear()
+        for link in self._links:
+            link.unlink(missing_ok=True)
+        self._links.clear()
+
+
+def reachable(sock: Path) -> Path:
+    """The path to bind and reach sock by: itself, or, when a deep work directory makes it too
+    long for a unix socket, the same name under a short link to its directory in /tmp."""
+    if len(os.fsencode(sock)) <= MAX_SOCKET_PATH:
+        return sock
+    digest = hashlib.sha256(os.fsencode(sock.parent)).hexdigest()[:16]
+    return Path("/tmp") / f"vmshift-{digest}" / sock.name
 
 
 def export_size(sock: Path, label: str) -> int:
@@ -123,7 +143,7 @@ def export_size(sock: Path, label: str) -> int:
 
     handle = nbd.NBD()
     try:
-        handle.connect_unix(str(sock))
+        handle.connect_unix(str(reachable(sock)))
         return int(handle.get_size())
     except nbd.Error as exc:
         why = last_message(sock) or exc.string
@@ -145,8 +165,11 @@ def last_message(sock: Path) -> str:
         return ""
     errors = [i for i, line in enumerate(lines) if "error:" in line]
     if errors and lines[errors[-1]].endswith("Traceback (most recent call last):"):
-        # The plugin's own errors are RuntimeErrors whose text is the whole story.
-        return lines[-1].removeprefix("RuntimeError: ")
+        # https_plugin's own errors (RuntimeError, FinalError) say the whole story in their text.
+        last = lines[-1]
+        for own in ("RuntimeError: ", "FinalError: "):
+            last = last.removeprefix(own)
+        return last
     return lines[-1]
 
 

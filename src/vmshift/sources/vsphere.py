@@ -41,10 +41,9 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0  # an unreachable host fails in seconds, not minutes
 THUMBPRINT_OPTION = "vddk-thumbprint"
-# nbdkit's retry-request filter: a failed read is tried again every RETRY_DELAY seconds, up to
-# RETRIES times (a minute in all). Not the retry filter: it serialises the requests in flight.
-RETRIES = 12
-RETRY_DELAY = 5
+# https_plugin tries a failed read again after 1, 2, 4, 8, 16 and 30 s: a minute in all.
+RETRIES = 6
+RETRY_DELAY = 1
 CONNECTIONS = 4  # HTTPS connections per disk: an ESXi host throttles each one
 HTTPS_PLUGIN = Path(__file__).with_name("https_plugin.py")
 
@@ -245,14 +244,14 @@ class VsphereSource:
         cookie = workdir / "vsphere-cookie"  # written by open(), renewed by the SessionKeeper
         sock = workdir / f"vsphere-{index}.sock"
         # https_plugin.py reads the file over up to CONNECTIONS HTTPS connections at once,
-        # replacing a connection that failed. The retry-request filter repeats a read that
-        # failed (a reset, a 5xx, a timeout): a bad moment costs a retry, not the copy.
+        # replacing a connection that failed, and tries a failed read again (a reset, a 5xx,
+        # a timeout) with growing waits: a bad moment costs a retry, not the copy.
         plugin = [
             "python", str(HTTPS_PLUGIN), f"url={url}", f"cookie-file={cookie}",
             f"connections={CONNECTIONS}", "timeout=60", f"verify={self._plugin_verify()}",
-            f"retry-request-retries={RETRIES}", f"retry-request-delay={RETRY_DELAY}",
+            f"retries={RETRIES}", f"retry-delay={RETRY_DELAY}",
         ]  # fmt: skip
-        nbd_uri = self._servers.serve(sock, plugin, label, ["retry-request"], count_reads=True)
+        nbd_uri = self._servers.serve(sock, plugin, label, count_reads=True)
         try:
             size = export_size(sock, f"{label}: {disk.flat_path}")
             if size < disk.capacity:
@@ -305,7 +304,7 @@ class VsphereSource:
         retry (the host went away mid-run): the error to show instead of what the reader of
         the failed blocks made of them."""
         where = f"{self._uri.scheme}://{self._uri.server}/{self._name}"
-        retried = f"each read was tried {RETRIES + 1} times over {RETRIES * RETRY_DELAY} s"
+        retried = f"each read was tried {RETRIES + 1} times over about a minute"
         return self._servers.lost(where, retried)
 
     def close(self) -> None:
