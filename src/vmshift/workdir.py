@@ -9,6 +9,7 @@ directories whose owner is gone, saying so.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -36,16 +37,22 @@ def sweep_dead_runs(parent: Path | None) -> list[Path]:
     removed: list[Path] = []
     for workdir in sorted(base.glob(f"{PREFIX}*")):
         if workdir.is_symlink():  # a short way to a work directory (sources/nbdkit.py)
-            if not workdir.exists():
-                workdir.unlink(missing_ok=True)  # its run died, and its directory is gone
+            if not workdir.exists():  # its run died, and its directory is gone
+                with contextlib.suppress(OSError):  # (another user's link in /tmp)
+                    workdir.unlink()
             continue
         try:
+            if workdir.stat().st_uid != os.getuid():
+                continue  # another user's run
             pid, started = (workdir / OWNER).read_text().split()
             if _start_time(int(pid)) == started:
                 continue  # its run is still going
         except (OSError, ValueError):
             continue  # not ours to judge: no owner file, or one we cannot read
         shutil.rmtree(workdir, ignore_errors=True)
+        if workdir.exists():
+            log.warning("could not remove %s, left by run %s that died", workdir, pid)
+            continue
         log.info("removed %s, left by run %s that died", workdir, pid)
         removed.append(workdir)
     return removed
