@@ -41,6 +41,7 @@ def make_vmdk(path: Path, size: int, subformat: str, data: Pattern | None = None
         )
         for offset, (byte, length) in (data or {}).items():
             qemu_io_write(path, byte, offset, length)
+        _text_only(path)
         return path
     raw = path.with_suffix(".src.raw")
     with raw.open("wb") as f:
@@ -62,6 +63,15 @@ def make_vmdk(path: Path, size: int, subformat: str, data: Pattern | None = None
     )
     raw.unlink()
     return path
+
+
+def _text_only(path: Path) -> None:
+    """A text descriptor as VMware writes it: no NULs. qemu pads the ones it writes with NULs,
+    and rewriting the CID on its first write (unpadded hex, so of varying length) now and then
+    leaves one inside the text, which vmshift rightly takes for binary data."""
+    data = path.read_bytes()
+    if data.startswith(b"# Disk DescriptorFile"):
+        path.write_bytes(data.replace(b"\0", b""))
 
 
 def qemu_io_write(path: Path, byte: int, offset: int, length: int) -> None:
