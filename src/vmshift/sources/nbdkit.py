@@ -136,6 +136,17 @@ def reachable(sock: Path) -> Path:
     return Path("/tmp") / f"vmshift-{digest}" / sock.name
 
 
+def write_secret(path: Path, text: str) -> None:
+    """A secret for nbdkit (a password, a cookie) in a mode-0600 file, replaced atomically:
+    never on a command line, never readable by others, never seen half-written."""
+    tmp = path.with_name(path.name + ".new")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    tmp.replace(path)
+
+
 def export_size(sock: Path, label: str) -> int:
     """The size of the export on sock, which is opened (the plugin connects) to learn it;
     SourceError with nbdkit's own reason when that fails."""

@@ -17,14 +17,13 @@ VM's files and use -i vmx without -it ssh.
 from __future__ import annotations
 
 import getpass
-import os
 from pathlib import Path
 
 from vmshift.errors import DiskImageError, SourceError, UsageError
 from vmshift.formats.vmdk_descriptor import SECTOR
 from vmshift.model.vm import DiskEndpoint
 from vmshift.sources.base import SourceOptions
-from vmshift.sources.nbdkit import NbdkitServers, export_size
+from vmshift.sources.nbdkit import NbdkitServers, export_size, write_secret
 from vmshift.sources.ssh_session import CONNECT_TIMEOUT, SftpFiles, SshLogin
 from vmshift.sources.ssh_uri import parse_ssh_uri
 from vmshift.sources.vmx_files import CheckedDisk
@@ -116,9 +115,7 @@ class SshTransport:
     def _password_file(self, workdir: Path) -> Path:
         path = workdir / "ssh-password"
         if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(self._login.password or "")
+            write_secret(path, self._login.password or "")
         return path
 
     def fetched(self) -> dict[str, int]:

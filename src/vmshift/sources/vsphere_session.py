@@ -11,13 +11,13 @@ the file nbdkit's cookie-script reads, which nbdkit re-reads once a minute.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from vmshift.sources.nbdkit import write_secret
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +27,7 @@ COOKIE_RENEW = 60  # nbdkit re-reads the cookie file at most this often (cookie-
 
 def write_cookie(path: Path, si: Any) -> None:
     """The session's cookie (`vmware_soap_session=...`), replaced atomically, mode 0600."""
-    cookie = str(si._stub.cookie).split(";", 1)[0]
-    tmp = path.with_name(path.name + ".new")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(cookie)
-    tmp.replace(path)
+    write_secret(path, str(si._stub.cookie).split(";", 1)[0])
 
 
 class SessionKeeper:
