@@ -116,6 +116,30 @@ def test_local_writes_genid_secure_boot_and_cpu(tmp_path: Path) -> None:
     assert '<cpu mode="custom" match="minimum" check="none">' in text
 
 
+def test_local_xml_describes_a_kvm_target_whatever_this_host_has(tmp_path: Path) -> None:
+    """This host may lack KVM (CI's does): the XML is for the target, so kvm, host-model and
+    Windows' Hyper-V enlightenments all the same; --domain-type qemu asks for TCG."""
+    caps = replace(SECURE_CAPS, secure_boot=False)
+    windows = replace(LINUX, type="windows")
+    vm = platform_vm("local-kvm", cpu=None)
+    target = LocalTarget(TargetOptions(storage=str(tmp_path), networks=NETWORKS))
+    target.check(vm)
+    outs = target.setup(vm, [MIB])
+    fake_copy(outs[0])
+    target.finalize(vm, windows, caps, outs)
+    root = etree.parse(str(tmp_path / "local-kvm.xml")).getroot()
+    assert root.get("type") == "kvm"
+    assert root.xpath("string(cpu/@mode)") == "host-model"
+    assert root.find("features/hyperv/relaxed") is not None
+
+    opts = TargetOptions(storage=str(tmp_path), networks=NETWORKS, domain_type="qemu")
+    vm = platform_vm("local-tcg", cpu=None)
+    run_target(LocalTarget(opts), vm, caps)
+    root = etree.parse(str(tmp_path / "local-tcg.xml")).getroot()
+    assert root.get("type") == "qemu"
+    assert root.xpath("string(cpu/@mode)") == "maximum"
+
+
 def test_local_unknown_cpu_model_is_a_warning(tmp_path: Path) -> None:
     pytest.importorskip("libvirt")
     target = LocalTarget(TargetOptions(storage=str(tmp_path)))

@@ -27,7 +27,12 @@ UEFI = (Path("/fw/CODE.ms.fd"), Path("/out/g-VARS.fd"))
 
 
 def script_args(
-    vm: SourceVM, caps: GuestCaps, *, cpu_model: bool = False, secure_boot: bool = False
+    vm: SourceVM,
+    caps: GuestCaps,
+    *,
+    cpu_model: bool = False,
+    secure_boot: bool = False,
+    accel: str = "tcg",
 ) -> list[str]:
     """The script's qemu options, one '-option value' per item."""
     text = qemu_script(
@@ -35,7 +40,7 @@ def script_args(
         caps,
         [(Path("/out/g-sda"), "raw")],
         name="g",
-        accel="tcg",
+        accel=accel,
         directory=Path("/out"),
         uefi=UEFI if caps.firmware.value == "uefi" else None,
         cpu_model=cpu_model,
@@ -62,6 +67,13 @@ def test_qemu_script_with_genid_secure_boot_and_cpu_model() -> None:
         "-drive if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.ms.fd",
         "-drive if=pflash,format=raw,unit=1,file=/out/g-VARS.fd",
     ]
+
+
+def test_qemu_script_picks_its_accelerator_where_it_runs() -> None:
+    """By default the script describes no host: it chooses KVM or TCG when it runs."""
+    args = script_args(uefi_vm(), FALLBACK_CAPS, accel="auto")
+    assert '-machine q35,accel="$accel"' in args and '-cpu "$cpu"' in args
+    assert "-cpu host" in script_args(uefi_vm(), FALLBACK_CAPS, accel="kvm")
 
 
 def test_qemu_script_without_them_is_unchanged() -> None:

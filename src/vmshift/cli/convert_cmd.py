@@ -81,6 +81,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-on", dest="output_name", metavar="NAME", help="rename the guest")
     p.add_argument(
+        "--domain-type",
+        choices=["kvm", "qemu"],
+        help="the guest's libvirt domain type on the target: kvm (the default; -o libvirt: "
+        "what the target's libvirtd offers) or qemu (TCG emulation). -o qemu: the script's "
+        "accelerator (default: KVM where the script runs and KVM works, else TCG)",
+    )
+    p.add_argument(
         "--rhv-data-domain-type",
         choices=["nfs", "iscsi", "fc"],
         help="with -o rhv: the data domain the guest will be imported into; refuses disk "
@@ -237,6 +244,7 @@ def make_target(args: argparse.Namespace, out: mode_options.OutputOptions) -> Ta
         networks=target_networks(args),
         qemu_boot=out.qemu_boot,
         rhv_data_domain_type=args.rhv_data_domain_type,
+        domain_type=args.domain_type,
     )
     if args.qemu_boot and args.output != "qemu":
         raise UsageError("--qemu-boot works only with -o qemu")

@@ -74,6 +74,10 @@ class TargetOptions:
     networks: NetworkMap = field(default_factory=NetworkMap)
     qemu_boot: bool = False
     rhv_data_domain_type: str | None = None  # --rhv-data-domain-type: nfs, iscsi or fc
+    # --domain-type: kvm or qemu (TCG) for the guest on the target. None: kvm, except that
+    # -o libvirt asks the target's libvirtd what it can run. Never this host's accelerator:
+    # what vmshift writes describes the target, not the conversion host.
+    domain_type: str | None = None
 
 
 @dataclass(frozen=True)

@@ -274,7 +274,14 @@ class LibvirtTarget:
         return None, f"cannot ask libvirt on {self._uri} what it supports: {reason}"
 
     def _domain_type(self, arch: str) -> str:
-        """kvm only if libvirt offers it for arch and this host can really run it."""
+        """--domain-type, or kvm if the target's libvirtd offers it for arch, else qemu.
+
+        The target's libvirtd runs where its pool is, on this host: so KVM must also really
+        work here. libvirt offers kvm wherever /dev/kvm opens, also in nested setups where
+        the CPU cannot virtualise and qemu with KVM aborts (guest/accel.py).
+        """
+        if self._opts.domain_type is not None:
+            return self._opts.domain_type
         if not detect_accelerator().is_kvm:
             return "qemu"
         caps = _xml(cast(str, self._conn.getCapabilities()))

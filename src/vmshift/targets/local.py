@@ -19,7 +19,6 @@ from pathlib import Path
 
 from vmshift.errors import TargetError
 from vmshift.formats.libvirt_xml import domain_xml
-from vmshift.guest.accel import detect_accelerator
 from vmshift.model.caps import GuestCaps
 from vmshift.model.devnames import drive_letters
 from vmshift.model.inspection import OperatingSystem
@@ -62,9 +61,10 @@ def disk_file_name(name: str, index: int) -> str:
     return f"{name}-sd{drive_letters(index)}"
 
 
-def domain_type() -> str:
-    """libvirt's domain type for a guest run on this host: kvm, or qemu (TCG) without it."""
-    return "kvm" if detect_accelerator().is_kvm else "qemu"
+def domain_type(opts: TargetOptions) -> str:
+    """libvirt's domain type for a guest whose host is not known: kvm unless --domain-type
+    says qemu. The conversion host's lack of KVM says nothing about the target's."""
+    return opts.domain_type or "kvm"
 
 
 def validate_domain_xml(path: Path) -> None:
@@ -242,7 +242,7 @@ class LocalTarget:
     ) -> TargetResult:
         finals = self._out.commit_disks(disks)
         name = self._out.name
-        kind = domain_type()
+        kind = domain_type(self._opts)
         cpu_model, secure_boot, warnings = local_platform(vm, caps, kind)
         xml = domain_xml(
             vm,

@@ -32,7 +32,6 @@ from pathlib import Path
 from vmshift.errors import TargetError
 from vmshift.formats.genid import normalise_genid
 from vmshift.formats.libvirt_xml import cpu_features, effective_topology, source_cpu_model
-from vmshift.guest.accel import detect_accelerator
 from vmshift.model.caps import GuestCaps
 from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import CpuModel, Firmware, SourceVM
@@ -57,6 +56,20 @@ _NET_DEVICE = {
 }
 _VGA_DEVICE = {"virtio": "virtio-vga", "qxl": "qxl-vga", "vga": "VGA", "cirrus": "cirrus-vga"}
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes
+
+
+def script_accel(opts: TargetOptions) -> str:
+    """The script's accelerator: kvm or tcg when --domain-type fixes it (kvm, or qemu for
+    TCG), else "auto": the script picks KVM when it runs where KVM works, TCG elsewhere."""
+    return {"kvm": "kvm", "qemu": "tcg"}.get(opts.domain_type or "", "auto")
+
+
+# What an "auto" script runs first. qemu's own fallback (accel=kvm:tcg) is not enough: where
+# /dev/kvm exists but the CPU cannot virtualise (nested setups), qemu with KVM aborts.
+_AUTO_ACCEL = [
+    "accel=tcg cpu=max",
+    "if [ -w /dev/kvm ] && grep -qw -e vmx -e svm /proc/cpuinfo; then accel=kvm cpu=host; fi",
+]
 
 
 def qemu_value(text: str | Path) -> str:
@@ -99,8 +112,8 @@ def qemu_script(
     args: list[str] = [
         "-no-user-config", "-nodefaults",
         "-name", q(f"guest={qemu_value(name)}"),
-        "-machine", f"{machine},accel={accel}",
-        "-cpu", q(qemu_cpu(model)) if model else "host" if accel == "kvm" else "max",
+        "-machine", f"{machine},accel=" + ('"$accel"' if accel == "auto" else accel),
+        "-cpu", q(qemu_cpu(model)) if model else _default_cpu(accel),
         "-m", str(-(-vm.memory // (1 << 20))),
     ]  # fmt: skip
     genid = normalise_genid(vm.genid) if vm.genid else None
@@ -184,6 +197,7 @@ def qemu_script(
         lines.append(f"# The source had {floppies} floppy drive(s); they are left out.")
     lines += [
         "set -e",
+        *(_AUTO_ACCEL if accel == "auto" else []),
         "serial=stdio",
         'if [ "${1-}" = --daemonize ]; then',
         "    shift",
@@ -196,6 +210,10 @@ def qemu_script(
     pairs = _pair_options(args)
     lines += [f"    {p} \\" for p in pairs[:-1]] + [f"    {pairs[-1]}", ""]
     return "\n".join(lines)
+
+
+def _default_cpu(accel: str) -> str:
+    return {"kvm": "host", "tcg": "max"}.get(accel, '"$cpu"')
 
 
 def _pair_options(args: list[str]) -> list[str]:
@@ -263,7 +281,8 @@ class QemuTarget:
             "no OVMF firmware descriptor offers secure boot with enrolled keys and SMM "
             f"(in {' or '.join(map(str, FIRMWARE_DESCRIPTORS))}; Debian: package ovmf)",
         )
-        cpu_model, cpu_warnings = self._cpu_model(vm, detect_accelerator().name)
+        accel = script_accel(self._opts)
+        cpu_model, cpu_warnings = self._cpu_model(vm, accel)
         warnings += cpu_warnings
         uefi = None
         if caps.firmware is Firmware.UEFI:
@@ -287,7 +306,7 @@ class QemuTarget:
             caps,
             [(p.absolute(), d.format) for p, d in zip(finals, disks, strict=True)],
             name=name,
-            accel=detect_accelerator().name,
+            accel=accel,
             directory=directory,
             uefi=uefi,
             os_type=os.type,
@@ -310,7 +329,9 @@ class QemuTarget:
             if known is not None
             else f"{QEMU} -cpu help did not answer"
         )
-        fallback = "-cpu host" if accel == "kvm" else "-cpu max"
+        fallback = {"kvm": "-cpu host", "tcg": "-cpu max"}.get(
+            accel, "-cpu host where KVM works, -cpu max elsewhere"
+        )
         return cpu_model_decision(vm, runnable, why_not, fallback)
 
     def _boot(self, script: Path, pidfile: Path) -> str:
