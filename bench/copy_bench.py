@@ -16,11 +16,16 @@ differ there (qemu-img convert writes through the page cache and does not flush 
 nbdcopy writes a local file through with sync_file_range but does not fsync without --flush).
 The time at the tool's exit and the CPU time of its processes are reported too. vmshift's path
 is the pipeline's: a qcow2 overlay over the source (create_overlay), then copy_disks() with one
-CopyJob. `--variants` adds rows for other qemu-img flags, and for nbdcopy, on the same
-overlay, to find what would close a gap.
+CopyJob, unverified (the copy engine alone). `--variants` adds rows for other qemu-img flags,
+and for nbdcopy, on the same overlay, to find what would close a gap.
+
+`--verify` times something else (issue 12): vmshift's copy with and without its verification
+(`qemu-img compare` of the output against the overlay, on by default in `vmshift convert`), and
+the same compare after dropping the output's pages, so that it reads the output from the disk.
+The goal: the verified copy takes at most 1.15x the plain copy's wall time.
 
     .venv/bin/python -m bench.copy_bench [--size 2G] [--runs 3] [--workdir DIR] [--json]
-                                         [--drop-caches] [--variants]
+                                         [--drop-caches] [--variants | --verify]
 
 Timings on a shared machine are noisy: read the ratios, and run it again before believing a
 small difference.
@@ -49,7 +54,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmshift.blockio.copier import CopyJob, convert_argv, copy_disks
+from vmshift.blockio.copier import CopyJob, compare_argv, convert_argv, copy_disks
 from vmshift.blockio.overlay import Overlay, create_overlay
 from vmshift.blockio.progress import discard
 from vmshift.errors import VmshiftError
@@ -65,6 +70,7 @@ IMAGE_VERSION = 1  # bump when the image recipe changes, so a cached image is re
 
 GOAL_SPEED = 0.95  # vmshift's speed / the faster other tool's
 GOAL_BYTES = 1.05  # bytes vmshift allocates in the output / used data
+GOAL_VERIFY = 1.15  # the verified copy's time / the plain copy's (--verify)
 
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
@@ -245,15 +251,31 @@ class Tool:
     variant: bool = False  # an investigation row (--variants), not one of the compared tools
 
 
-def _vmshift(image: TestImage, out: Path, fmt: str, scratch: Path) -> None:
-    """What pipeline.py does: an overlay in a private work dir, then copy_disks()."""
-    workdir = Path(tempfile.mkdtemp(prefix="vmshift-", dir=scratch))
-    try:
-        endpoint = DiskEndpoint(uri=str(image.path), format="raw", virtual_size=image.size)
-        overlay = create_overlay(endpoint, workdir, "sda")
-        copy_disks([CopyJob(overlay, out, fmt, False, "bench-sda")], discard)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+def _vmshift(verify: bool, *, from_disk: bool = False) -> CopyFn:
+    """What pipeline.py does: an overlay in a private work dir, then copy_disks().
+
+    from_disk: copy unverified, drop the output's pages, then run the copier's compare: the
+    check reading the output back from the disk instead of the page cache.
+    """
+
+    def copy(image: TestImage, out: Path, fmt: str, scratch: Path) -> None:
+        workdir = Path(tempfile.mkdtemp(prefix="vmshift-", dir=scratch))
+        try:
+            endpoint = DiskEndpoint(uri=str(image.path), format="raw", virtual_size=image.size)
+            overlay = create_overlay(endpoint, workdir, "sda")
+            job = CopyJob(overlay, out, fmt, False, "bench-sda", verify=verify and not from_disk)
+            copy_disks([job], discard)
+            if from_disk:
+                fd = os.open(out, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+                run(compare_argv(job), timeout=1800)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    return copy
 
 
 def _qemu_img(image: TestImage, out: Path, fmt: str, scratch: Path) -> None:
@@ -346,7 +368,7 @@ def _nbdcopy_overlay(overlay: Overlay, out: Path, fmt: str) -> list[str]:
 
 
 TOOLS = [
-    Tool("vmshift", _vmshift, ("qemu-img",)),
+    Tool("vmshift", _vmshift(False), ("qemu-img",)),
     Tool("qemu-img convert", _qemu_img, ("qemu-img",)),
     Tool("nbdcopy", _nbdcopy, ("nbdcopy", "qemu-nbd")),
 ]
@@ -415,6 +437,14 @@ VARIANTS = [
     _on_overlay(
         "nbdcopy from overlay", _nbdcopy_overlay, precreate=True, programs=("nbdcopy", "qemu-nbd")
     ),
+]
+
+
+PLAIN, VERIFIED = "vmshift --no-verify-copy", "vmshift, verified"
+VERIFY_TOOLS = [
+    Tool(PLAIN, _vmshift(False), ("qemu-img",)),
+    Tool(VERIFIED, _vmshift(True), ("qemu-img",)),
+    Tool("verified, output read from disk", _vmshift(True, from_disk=True), ("qemu-img",), True),
 ]
 
 
@@ -664,6 +694,58 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def verify_goals(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """--verify: the verified copy's time against the plain copy's, per case."""
+    result = []
+    for case in CASES:
+        plain, checked = (
+            next(r for r in rows if r.case == case.name and r.tool == name)
+            for name in (PLAIN, VERIFIED)
+        )
+        ratio = checked.best / plain.best
+        paired = statistics.median(
+            v / p for p, v in zip(plain.seconds, checked.seconds, strict=True)
+        )
+        result.append(
+            {
+                "case": case.name,
+                "plain_seconds": round(plain.best, 3),
+                "verified_seconds": round(checked.best, 3),
+                "ratio": round(ratio, 3),
+                "paired_ratio_median": round(paired, 3),
+                "goal_met": ratio <= GOAL_VERIFY,
+            }
+        )
+    return result
+
+
+def render_verify(report: dict[str, Any]) -> str:
+    lines = [
+        f"image: {report['image']['size'] / MiB:.0f} MiB, used data "
+        f"{report['image']['used'] / MiB:.1f} MiB; runs: {report['runs']} per tool, best kept; "
+        f"page cache dropped before each run: {'yes' if report['drop_caches'] else 'no'}; "
+        f"load average before/after: {report['load_before']} / {report['load_after']}",
+        "",
+        "| case | tool | best s (on disk) | CPU s | all runs s |",
+        "|---|---|--:|--:|---|",
+    ]
+    for r in report["results"]:
+        runs = " ".join(f"{x:.2f}" for x in r["seconds"])
+        lines.append(
+            f"| {r['case']} | {r['tool']} | {r['best_seconds']:.2f} | "
+            f"{r['best_cpu_seconds']:.2f} | {runs} |"
+        )
+    lines.append("")
+    for g in report["goals"]:
+        lines.append(
+            f"{g['case']}: verified copy = {g['ratio']:.2f}x the plain copy's time "
+            f"({g['verified_seconds']:.2f} s / {g['plain_seconds']:.2f} s; median of the "
+            f"per-run ratios {g['paired_ratio_median']:.2f}x; goal <= {GOAL_VERIFY}: "
+            f"{'met' if g['goal_met'] else 'NOT met'})"
+        )
+    return "\n".join(lines)
+
+
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -715,17 +797,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also time other qemu-img flags, and nbdcopy, on vmshift's overlay",
     )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="time vmshift's copy with and without its verification instead",
+    )
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error("--runs must be at least 1")
     if not 0.0 < args.fill <= 0.9:
         p.error("--fill must be in (0, 0.9]")
+    if args.verify and args.variants:
+        p.error("--verify and --variants do not go together")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    tools = TOOLS + (VARIANTS if args.variants else [])
+    tools = VERIFY_TOOLS if args.verify else TOOLS + (VARIANTS if args.variants else [])
     missing = sorted({p for t in tools for p in t.programs if shutil.which(p) is None})
     for prog in ("sfdisk", "mke2fs"):
         if shutil.which(prog) is None:
@@ -752,7 +841,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_before": load_before,
             "load_after": _load(),
             "results": summarise(rows, image),
-            "goals": goals(rows, image),
+            "goals": verify_goals(rows) if args.verify else goals(rows, image),
         }
     except VmshiftError as exc:
         print(f"copy_bench: {exc}", file=sys.stderr)
@@ -760,7 +849,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print_report(report, render, as_json=args.json)
+    print_report(report, render_verify if args.verify else render, as_json=args.json)
     return 0
 
 

@@ -18,6 +18,8 @@ DEBS=(
     ntfs-3g rpm cpio zstd gdisk fdisk dosfstools xfsprogs lvm2 libhivex-bin file initramfs-tools-core busybox-static
     # Windows conversion reads virtio-win ISOs (bsdtar); the tests make such ISOs (xorriso).
     libarchive-tools xorriso
+    # Fault-injection tests show an nbdkit export with failing reads as a file (nbdfuse).
+    fuse3
     # -o rhv -os HOST:/PATH mounts the NFS export storage domain for the run.
     nfs-common
     # -i libvirt -ip: the tests run a private libvirtd that asks for a SASL login (saslpasswd2).

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -26,11 +27,14 @@ def vmshift(
     check: bool = False,
     timeout: float = 900,
     env: Mapping[str, str] | None = None,
+    stdin: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the installed `vmshift` command the way a user would (in env, if given)."""
+    """Run the installed `vmshift` command the way a user would (in env, if given; stdin: what
+    its standard input holds, else none)."""
     exe = Path(sys.executable).parent / "vmshift"
     return subprocess.run(
         [str(exe), *map(str, args)],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -102,3 +106,27 @@ def workdir(tmp_path: Path) -> Path:
     path = tmp_path / "work"
     path.mkdir()
     return path
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of size (mount's size=, e.g. "16m") on the new directory path, unmounted
+    afterwards; the test is skipped where it cannot be mounted (not root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                            str(path)], capture_output=True, text=True, check=False)  # fmt: skip
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs mounted for one test."""
+    with mounted_tmpfs(tmp_path / "small", "16m") as path:
+        yield path

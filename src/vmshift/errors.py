@@ -62,3 +62,10 @@ class CopyError(VmshiftError):
 
 class TargetError(VmshiftError):
     """The target cannot be written."""
+
+
+class BootCheckError(VmshiftError):
+    """--verify-boot: the converted guest did not come up, or could not be started to see.
+    The output is kept; the exit code tells this apart from a failed conversion."""
+
+    exit_code = 3

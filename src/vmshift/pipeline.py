@@ -4,7 +4,9 @@
 
 The source is only ever read; every guest change lands in a qcow2 overlay in a private work
 directory that is removed at the end, success or not. Targets check their options before the
-slow work starts, and on any failure (or Ctrl-C) remove everything they made.
+slow work starts, and on any failure (or Ctrl-C) remove everything they made, except that a
+signal during the copy keeps the work directory and the partial outputs for --resume
+(resume.py; `_resume_copy` continues such a copy).
 """
 
 from __future__ import annotations
@@ -18,13 +20,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmshift import resume
 from vmshift.blockio.copier import CopyJob, copy_disks
 from vmshift.blockio.imageinfo import ImageInfo
 from vmshift.blockio.overlay import Overlay, SizeEstimate, create_overlay, measure
 from vmshift.blockio.progress import EventSink, StageEvent, WarningEvent
+from vmshift.blockio.windows import JOURNAL, Journal
 from vmshift.convert.base import ConvertOptions, pick_converter
-from vmshift.errors import ConversionError, TargetError
+from vmshift.errors import (
+    BootCheckError,
+    ConversionError,
+    NoOperatingSystemError,
+    SourceError,
+    TargetError,
+)
 from vmshift.guest.inspect import inspect_session
+from vmshift.guest.luks import AskKey, LuksKey, unlock_volumes
+from vmshift.guest.safety import check_workdir_space
 from vmshift.guest.session import open_session
 from vmshift.guest.trim import trim_filesystems
 from vmshift.model.caps import GuestCaps
@@ -32,7 +44,14 @@ from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import SourceVM
 from vmshift.sources.base import RemoteSource, ReportingSource, Source
 from vmshift.targets.base import OutputDisk, Target, TargetResult
-from vmshift.workdir import make_workdir, sweep_dead_runs
+from vmshift.verify.boot import (
+    BootPlan,
+    BootVerdict,
+    VerifyOptions,
+    static_addresses,
+    verify_boot,
+)
+from vmshift.workdir import RESUMABLE, make_workdir, sweep_dead_runs
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +74,20 @@ class RunOptions:
     # -m/--memory and --smp/--vcpus: they replace what the source describes.
     memory: int | None = None  # bytes
     vcpus: int | None = None
+    # --key: LUKS passphrases; ask_key asks for one no key matches (None: such a volume is
+    # refused, naming it).
+    keys: tuple[LuksKey, ...] = ()
+    ask_key: AskKey | None = None
+    # --verify-boot: boot the result from what the target describes, after finalize.
+    verify_boot: VerifyOptions | None = None
+    # --no-verify-copy makes this False: each copy is compared with its overlay by default.
+    verify_copy: bool = True
+    # What identifies this conversion for --resume (cli/convert_cmd.py); None: a copy
+    # interrupted by a signal is not kept for a resume.
+    resume_key: str | None = None
+    resume: bool = False  # --resume: continue this conversion's interrupted copy, if kept
+    # Whether a signal came: a copy that failed because of one is kept for a resume.
+    interrupted: Callable[[], bool] = lambda: False
 
 
 @dataclass(frozen=True)
@@ -65,6 +98,8 @@ class ConversionResult:
     target: TargetResult
     # Bytes read from a remote source (vSphere, SSH) per disk: what crossed the network.
     fetched: dict[str, int] = field(default_factory=dict)
+    boot: BootVerdict | None = None  # --verify-boot's verdict
+    copy_verified: bool = False  # every output was compared with its converted disk
 
 
 def _label(uri: str) -> str:
@@ -125,22 +160,44 @@ def check_free_space(outputs: Sequence[OutputDisk], estimates: Sequence[SizeEsti
 def run_conversion(
     source: Source, target: Target, opts: RunOptions, sink: EventSink
 ) -> ConversionResult:
+    check_workdir_space(opts.workdir_parent, remote=False)  # remote disks: checked once known
     for dead in sweep_dead_runs(opts.workdir_parent):
         sink(WarningEvent(f"removed {dead}: the work directory of a run that was killed"))
-    workdir = make_workdir(opts.workdir_parent)
+    kept = None
+    if opts.resume_key is not None:
+        kept = resume.kept_state(opts.workdir_parent, opts.resume_key, opts.resume, sink)
+    workdir = kept.workdir if kept is not None else make_workdir(opts.workdir_parent)
+    keep = False
     try:
         sink(StageEvent("source", "reading the source"))
         if isinstance(source, ReportingSource):
             source.report_to(sink)
-        vm = _overridden(source.open(workdir), opts)
+        # A resume converts nothing: the overlays hold the converted disks.
+        vm = kept.vm if kept is not None else _overridden(source.open(workdir), opts)
         for warning in vm.warnings:
             sink(WarningEvent(warning))
         # Everything that can be refused quickly is refused before the slow work.
-        target.check(vm)
+        try:
+            target.check(vm)
+        finally:  # what a killed run had left there and check() removed, even if it refused
+            for removed in getattr(target, "swept", ()):
+                sink(WarningEvent(removed))
         try:
             remote = isinstance(source, RemoteSource)
-            result = _convert_and_copy(vm, target, workdir, opts, sink, remote=remote)
+            if kept is not None:
+                result = _resume_copy(kept, target, opts, sink)
+            else:
+                result = _convert_and_copy(vm, target, workdir, opts, sink, remote=remote)
+        except KeyboardInterrupt as exc:
+            keep = _keep_for_resume(workdir, target)
+            if keep:
+                raise resume.KeptForResume(workdir) from exc
+            target.abort()
+            raise
         except Exception as exc:
+            keep = opts.interrupted() and _keep_for_resume(workdir, target)
+            if keep:
+                raise resume.KeptForResume(workdir) from exc
             target.abort()
             # A remote source that stopped answering makes the appliance or the copy fail in
             # its own words (I/O errors, "no operating system"): say what really happened.
@@ -151,14 +208,90 @@ def run_conversion(
         except BaseException:
             target.abort()
             raise
+        # The output is complete from here: a guest that does not boot fails the run, but
+        # its output stays for the user to look at.
+        if opts.verify_boot is not None:
+            sink(StageEvent("verify", "booting the converted guest to check it"))
+            verdict = verify_boot(_boot_plan(result), workdir, opts.verify_boot)
+            result = dataclasses.replace(result, boot=verdict)
     finally:
         source.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if not keep:
+            resume.forget(workdir)
+            shutil.rmtree(workdir, ignore_errors=True)
     if isinstance(source, RemoteSource):
         result = dataclasses.replace(result, fetched=source.fetched())
         for label, size in result.fetched.items():
             log.info("%s: fetched %d bytes from the source", label, size)
     return result
+
+
+def _keep_for_resume(workdir: Path, target: Target) -> bool:
+    """A signal interrupted the run: if it was copying with a resume state written, the target
+    keeps its temporary outputs; True if the state is kept."""
+    keep = getattr(target, "keep_for_resume", None)
+    if keep is None or not (workdir / RESUMABLE).exists():
+        return False
+    keep()
+    return True
+
+
+def _resumable(vm: SourceVM, target: Target, opts: RunOptions, remote: bool) -> bool:
+    """A copy can be resumed when the overlays' backing files are local files (a remote
+    source's are the sockets of this run's nbdkit) and the target can keep its outputs."""
+    local = all(d.endpoint.is_local for d in vm.disks)
+    return (
+        opts.resume_key is not None and not remote and local and hasattr(target, "keep_for_resume")
+    )
+
+
+def _copy_jobs(
+    vm: SourceVM, overlays: Sequence[Overlay], outputs: Sequence[OutputDisk], opts: RunOptions,
+    verify: bool,
+) -> list[CopyJob]:  # fmt: skip
+    return [
+        CopyJob(o, out.path, opts.out_format, opts.preallocated, f"{vm.name}-{o.name}",
+                opts.compressed, verify=verify)
+        for o, out in zip(overlays, outputs, strict=True)
+    ]  # fmt: skip
+
+
+def _resume_copy(
+    state: resume.ResumeState, target: Target, opts: RunOptions, sink: EventSink
+) -> ConversionResult:
+    """Continue a kept copy: the outputs the target names again, the journal's windows checked,
+    the rest copied, then finalize."""
+    vm = state.vm
+    outputs = target.setup(vm, [o.virtual_size for o in state.overlays])
+    if [o.path for o in outputs] != [o.path for o in state.outputs]:
+        raise ConversionError(
+            "--resume: the outputs are not where the interrupted copy wrote them",
+            hint="run the conversion again without --resume",
+        )
+    verify = opts.verify_copy
+    then = ", then comparing each copy with its disk" if verify else " (not verified)"
+    sink(StageEvent("copy", f"resuming the copy of the disks{then}"))
+    jobs = _copy_jobs(vm, state.overlays, outputs, opts, verify)
+    copy_disks(jobs, sink, Journal(state.journal), resume=True)
+    resume.forget(state.workdir)
+    sink(StageEvent("finalize", "creating the guest on the target"))
+    result = target.finalize(vm, state.os, state.caps, outputs)
+    return ConversionResult(
+        vm=vm, os=state.os, caps=state.caps, target=result, copy_verified=verify
+    )
+
+
+def _boot_plan(result: ConversionResult) -> BootPlan:
+    target = result.target
+    if target.domain_xml is None or not target.files:
+        raise BootCheckError("--verify-boot: this output describes no guest vmshift can boot")
+    return BootPlan(
+        xml=target.domain_xml,
+        name=target.name,
+        addresses=tuple(static_addresses(result.os)),
+        save_dir=target.files[0].parent,
+        network_proof=result.os.type == "windows",
+    )
 
 
 def _overridden(vm: SourceVM, opts: RunOptions) -> SourceVM:
@@ -178,6 +311,9 @@ def _convert_and_copy(
     *,
     remote: bool = False,
 ) -> ConversionResult:
+    if any(not d.endpoint.is_local for d in vm.disks):
+        # A disk read over the network leaves what the appliance reads in its overlay.
+        check_workdir_space(workdir.parent, remote=True)
     overlays: list[Overlay] = [
         create_overlay(disk.endpoint, workdir, disk.name or f"disk{i}")
         for i, disk in enumerate(vm.disks)
@@ -188,8 +324,15 @@ def _convert_and_copy(
     # A remote source's blocks are fetched over the network: what the appliance reads is kept
     # in the overlay (copy-on-read), so neither it nor the copy fetches a block twice.
     with open_session(images, readonly=False, labels=labels, copy_on_read=remote) as session:
+        unlock_volumes(session, opts.keys, opts.ask_key)
         sink(StageEvent("inspect", "inspecting the guest"))
-        oses = inspect_session(session)
+        try:
+            oses = inspect_session(session)
+        except NoOperatingSystemError:
+            problem = session.unreadable()
+            if problem is not None:
+                raise SourceError(f"{problem}: the source disk cannot be read") from None
+            raise
         guest_os = choose_root(oses, opts.root, opts.ask_root)
         what = f"{guest_os.distro} {guest_os.major_version}.{guest_os.minor_version}"
         sink(StageEvent("convert", f"converting {guest_os.type} guest ({what}, {guest_os.root})"))
@@ -198,15 +341,29 @@ def _convert_and_copy(
         trim_filesystems(session, oses)
     estimates = [measure(o, opts.out_format) for o in overlays]
     outputs = target.setup(vm, [o.virtual_size for o in overlays])
+    resume.discard_claims([out.path for out in outputs], sink)
     check_free_space(outputs, estimates)
-    sink(StageEvent("copy", "copying disks"))
-    jobs = [
-        CopyJob(
-            o, out.path, opts.out_format, opts.preallocated, f"{vm.name}-{o.name}", opts.compressed
-        )
-        for o, out in zip(overlays, outputs, strict=True)
-    ]
-    copy_disks(jobs, sink)
+    # Verifying reads the overlay again, and with it every block of its backing disk: a
+    # remote source would send the whole disk a second time, so its copies are not verified.
+    verify = opts.verify_copy and not remote
+    if verify:
+        sink(StageEvent("copy", "copying disks, then comparing each copy with its disk"))
+    else:
+        why = "--no-verify-copy" if not opts.verify_copy else "a remote source is read once"
+        sink(StageEvent("copy", f"copying disks (not verified: {why})"))
+    jobs = _copy_jobs(vm, overlays, outputs, opts, verify)
+    journal = None
+    if _resumable(vm, target, opts, remote):
+        # Written before the first byte is copied: a run killed now leaves a resumable copy.
+        files = [_label(d.endpoint.uri) for d in vm.disks]
+        assert opts.resume_key is not None
+        journal = Journal(workdir / JOURNAL)
+        resume.save(resume.ResumeState(
+            workdir, opts.resume_key, vm, guest_os, caps, tuple(overlays), tuple(outputs),
+            resume.source_files(files),
+        ))  # fmt: skip
+    copy_disks(jobs, sink, journal)
+    resume.forget(workdir)  # from here an interruption removes everything again
     sink(StageEvent("finalize", "creating the guest on the target"))
     result = target.finalize(vm, guest_os, caps, outputs)
-    return ConversionResult(vm=vm, os=guest_os, caps=caps, target=result)
+    return ConversionResult(vm=vm, os=guest_os, caps=caps, target=result, copy_verified=verify)

@@ -49,6 +49,20 @@ def conversion_report(result: ConversionResult, line: str) -> dict[str, Any]:
             "files": [str(f) for f in result.target.files],
             "warnings": list(result.target.warnings),
         },
+        # Whether every output was read back and compared with its converted disk.
+        "copy": {"verified": result.copy_verified},
         "verdict": line,
     }
+    boot = result.boot
+    if boot is not None:
+        # --verify-boot: what the check saw, and how it ran.
+        doc["boot"] = {
+            "ok": boot.ok,
+            "outcome": str(boot.outcome),
+            "seconds": round(boot.seconds, 1),
+            "accelerator": boot.accelerator,
+            "static_addresses": dict(boot.addresses),
+            "console_log": str(boot.console_log) if boot.console_log else None,
+            "line": boot.line(result.target.name),
+        }
     return doc

@@ -21,8 +21,9 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
+
+from vmshift.verify.console import BootOutcome, classify, plain, tail
 
 DISK_BUSES = ("virtio-blk", "virtio-scsi", "pvscsi", "ide", "sata")
 DEFAULT_OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
@@ -32,9 +33,6 @@ DEFAULT_MAC = "52:54:00:12:34:56"
 # boot: ens5 on the i440fx machine (the name comes from the slot's ACPI _SUN).
 NIC_PCI_SLOT = 5
 NIC_GUEST_NAME = "ens5"
-
-_LOGIN = re.compile(rb"login: ?$", re.MULTILINE)
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]")
 
 
 # libvirt disk buses and NIC models -> the qemu devices boot_to_login takes.
@@ -73,29 +71,6 @@ def devices_from_xml(xml: str) -> XmlDevices:
     )
 
 
-class BootOutcome(StrEnum):
-    LOGIN = "login"  # the serial getty printed its prompt
-    NO_ROOT = "no-root"  # the initramfs could not find the root device and dropped to a shell
-    EMERGENCY = "emergency"  # systemd gave up (a mount failed) and offers an emergency shell
-    PANIC = "panic"  # kernel panic
-    NO_BOOT_DEVICE = "no-boot-device"  # the firmware found nothing to boot
-    QEMU_EXIT = "qemu-exit"  # qemu stopped by itself: a reboot under -no-reboot, or an error
-    TIMEOUT = "timeout"
-
-
-# Checked before `login:`, so a boot that failed is never mistaken for one that got through.
-_FAILURES: tuple[tuple[BootOutcome, re.Pattern[bytes]], ...] = (
-    (BootOutcome.NO_ROOT, re.compile(rb"Gave up waiting for root|ALERT! |\(initramfs\) ")),
-    (BootOutcome.EMERGENCY, re.compile(rb"You are in emergency mode|Give root password for maint")),
-    (BootOutcome.PANIC, re.compile(rb"Kernel panic - not syncing")),
-    # SeaBIOS's messages; OVMF instead falls back to its built-in shell.
-    (
-        BootOutcome.NO_BOOT_DEVICE,
-        re.compile(rb"No bootable device|Boot failed: not a bootable|No bootable option|Shell> "),
-    ),
-)
-
-
 @dataclass(frozen=True)
 class BootResult:
     outcome: BootOutcome
@@ -114,8 +89,7 @@ class BootResult:
 
     def tail(self, lines: int = 40) -> str:
         """The end of the console, for assertion messages."""
-        text = _ANSI.sub("", self.serial_log.replace("\r", ""))
-        return "\n".join(text.splitlines()[-lines:])
+        return tail(self.serial_log.encode(), lines)
 
 
 def kvm_usable() -> bool:
@@ -365,7 +339,7 @@ def _run_boot(
     try:
         while time.monotonic() < deadline:
             console.pump(min(1.0, max(0.0, deadline - time.monotonic())))
-            found = _classify(console.buf)
+            found = classify(console.buf)
             if found is not None:
                 outcome = found
                 break
@@ -401,15 +375,6 @@ def _run_boot(
     )
 
 
-def _classify(buf: bytearray) -> BootOutcome | None:
-    for outcome, pattern in _FAILURES:
-        if pattern.search(buf):
-            return outcome
-    if _LOGIN.search(buf):
-        return BootOutcome.LOGIN
-    return None
-
-
 def _login_and_run(
     console: _Console, user: str, password: str, command: str, deadline: float
 ) -> tuple[str, int]:
@@ -427,5 +392,5 @@ def _login_and_run(
     status = int(m.group(1))
     text = console.buf[: m.start()].decode(errors="replace")
     body = text[text.rindex(begin) + len(begin) :]
-    body = _ANSI.sub("", body.replace("\r", ""))
+    body = plain(body)
     return body.strip("\n") + "\n", status

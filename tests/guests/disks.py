@@ -63,6 +63,7 @@ class Volume:
     size_mib: int | None = None  # None: the rest of the disk
     lv: str | None = None  # "vg/lv": the filesystem goes on the only LV of a VG on this partition
     fstab: str = "uuid"  # how /etc/fstab names it: uuid | device (/dev/sdXN) | mapper
+    luks: str | None = None  # a passphrase: the filesystem goes in a LUKS volume on this partition
 
     def fstab_line(self, spec: str) -> str:
         if self.fstype == "swap":
@@ -251,11 +252,19 @@ def _make_filesystems(g: guestfs.GuestFS, job: DiskJob, devices: list[str]) -> N
             g.vgcreate(vg, [dev])
             g.lvcreate_free(lv, vg, 100)
             dev = f"/dev/{vg}/{lv}"
+        if vol.luks is not None:
+            g.luks_format(dev, vol.luks, 0)
+            g.cryptsetup_open(dev, vol.luks, _luks_map(job, vol))
+            dev = f"/dev/mapper/{_luks_map(job, vol)}"
         fsuuid = _fs_uuid(job.name, vol)
         if vol.fstype == "ext4":
             g.mke2fs(dev, fstype="ext4", uuid=fsuuid)
         elif vol.fstype == "swap":
             g.mkswap(dev, uuid=fsuuid)
+
+
+def _luks_map(job: DiskJob, vol: Volume) -> str:
+    return f"crypt-{job.name}-{vol.disk}-{vol.part}"
 
 
 def _pour(
@@ -266,6 +275,8 @@ def _pour(
     )
     for vol in mounted:
         dev = f"/dev/{vol.lv}" if vol.lv else f"{devices[vol.disk]}{vol.part}"
+        if vol.luks is not None:
+            dev = f"/dev/mapper/{_luks_map(job, vol)}"
         if vol.mountpoint != "/":
             g.mkdir_p(vol.mountpoint)
         g.mount(dev, vol.mountpoint)

@@ -111,10 +111,17 @@ def private_libvirtd(sasl_login: tuple[str, str] | None = None) -> Iterator[Priv
     server = PrivateLibvirtd(
         uri=f"qemu+unix:///session?socket={socket}", root=root, uid=uid, login=sasl_login
     )
+    held = None
     try:
         _wait_until_ready(server, proc, root)
+        # A connection held open for the fixture's life: the daemon's idle timeout must not
+        # stop it while a long conversion has not yet come to use it.
+        held = server.connect()
         yield server
     finally:
+        if held is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                held.close()
         _stop(server, proc)
         log.close()
         shutil.rmtree(root, ignore_errors=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import sha256, vmshift
+from tests.conftest import mounted_tmpfs, sha256, vmshift
 from tests.guests.manifest import BuiltGuest
 
 pytestmark = pytest.mark.slow
@@ -201,13 +201,8 @@ def test_unknown_input_and_output(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
+    with mounted_tmpfs(tmp_path / "tiny", "2m") as path:
+        yield path
 
 
 def test_not_enough_space_is_checked_before_copying(

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import sha256
-from tests.guests.boot import BootOutcome, boot_to_login
+from tests.guests.boot import boot_to_login
 from tests.guests.debian_real import MAC, ROOT_PASSWORD
 from tests.guests.manifest import BuiltGuest
+from vmshift.verify.console import BootOutcome
 
 pytestmark = [
     pytest.mark.slow,

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import sha256, vmshift
-from tests.guests.boot import DEFAULT_OVMF_CODE, DEFAULT_OVMF_VARS, BootOutcome, boot_to_login
+from tests.guests.boot import DEFAULT_OVMF_CODE, DEFAULT_OVMF_VARS, boot_to_login
 from tests.guests.compare import compare_report
 from tests.guests.debian_real import (
     LVM,
@@ -36,6 +36,7 @@ from tests.guests.debian_real import (
     build_real_debian_uefi,
 )
 from tests.guests.manifest import BuiltGuest
+from vmshift.verify.console import BootOutcome
 
 pytestmark = [
     pytest.mark.slow,

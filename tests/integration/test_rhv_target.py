@@ -50,7 +50,7 @@ def test_writes_the_layout_rhv_imports(domain: FakeDomain) -> None:
         fake_copy(out)
     # Copied but not finished: RHV must see nothing new under its names yet.
     assert domain.image_dirs() == [] and domain.vm_dirs() == []
-    assert all(out.path.parts[-4].startswith(".vmshift-") for out in outs)
+    assert all(out.path.parts[-4] == ".guest1.vmshift-staging" for out in outs)
 
     result = target.finalize(vm, LINUX, CAPS, outs)
 

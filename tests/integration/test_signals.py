@@ -5,8 +5,6 @@ work directory, child processes), and what a killed run left removed by the next
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,23 +12,7 @@ import pytest
 
 from tests.conftest import sha256, vmshift
 from tests.guests.manifest import BuiltGuest
-
-
-def _start(guest: BuiltGuest, outdir: Path, workdir: Path) -> subprocess.Popen[str]:
-    exe = Path(sys.executable).parent / "vmshift"
-    return subprocess.Popen(
-        [str(exe), "convert", "-i", "disk", *map(str, guest.disks), "-o", "local",
-         "-os", str(outdir), "--workdir", str(workdir), "--machine-readable"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def _wait_for_stage(proc: subprocess.Popen[str], stage: str) -> None:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith(f"stage {stage} "):
-            return
-    raise AssertionError(f"the run ended before stage {stage}: {proc.wait()}")
+from tests.integration.convert_runs import start_convert, wait_for_stage
 
 
 def _users_of(path: Path) -> list[str]:
@@ -61,8 +43,8 @@ def test_a_signal_ends_the_run_cleanly(
     signum, stage, said = CASES[case]
     guest = linux_guests["rhel"]
     before = sha256(guest.disks[0])
-    proc = _start(guest, outdir, workdir)
-    _wait_for_stage(proc, stage)
+    proc = start_convert(guest.disks, outdir, workdir)
+    wait_for_stage(proc, stage)
     time.sleep(2)  # inside the stage's work, not at its first line
     started = time.monotonic()
     proc.send_signal(signum)
@@ -82,8 +64,8 @@ def test_what_a_killed_run_left_is_removed_by_the_next(
     linux_guests: dict[str, BuiltGuest], outdir: Path, workdir: Path
 ) -> None:
     guest = linux_guests["rhel"]
-    proc = _start(guest, outdir, workdir)
-    _wait_for_stage(proc, "inspect")
+    proc = start_convert(guest.disks, outdir, workdir)
+    wait_for_stage(proc, "inspect")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     [left] = list(workdir.iterdir())  # SIGKILL cannot be cleaned up at once

@@ -196,12 +196,15 @@ def test_local_refuses_to_overwrite(tmp_path: Path, existing: str) -> None:
         LocalTarget(TargetOptions(storage=str(tmp_path))).check(make_vm())
     assert str(tmp_path / existing) in str(info.value)
     assert (tmp_path / existing).read_text() == "precious"
+    assert [p.name for p in tmp_path.iterdir()] == [existing]  # no lock left behind
 
 
 def test_local_refuses_a_leftover_temporary(tmp_path: Path) -> None:
+    """A temporary disk with no lock behind it (an older vmshift's) is not ours to remove."""
     (tmp_path / ".guest1-sda.tmp").write_text("")
-    with pytest.raises(TargetError, match="in progress, or one was killed"):
+    with pytest.raises(TargetError, match="a temporary output with no vmshift run behind it"):
         LocalTarget(TargetOptions(storage=str(tmp_path))).check(make_vm())
+    assert [p.name for p in tmp_path.iterdir()] == [".guest1-sda.tmp"]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")

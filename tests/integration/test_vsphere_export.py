@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import sha256, vmshift
+from tests.conftest import mounted_tmpfs, sha256, vmshift
 from tests.vsphere.simulator import (
     SimDisk,
     Simulator,
@@ -185,21 +185,8 @@ def test_an_interrupted_download_aborts_the_lease(sim: Simulator, tmp_path: Path
 @pytest.fixture
 def small_tmpdir(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs: room for the run's small files, not for the 4 MiB the lease serves."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a tmpfs")
-    where = tmp_path / "small"
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "vmshift-test", str(where)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=True)
+    with mounted_tmpfs(tmp_path / "small", "1m") as path:
+        yield path
 
 
 def test_too_little_room_is_one_line(

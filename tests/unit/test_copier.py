@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vmshift.blockio import copier
+from vmshift.blockio import writeback
 from vmshift.blockio.copier import CopyJob, copy_disks
 from vmshift.blockio.overlay import create_overlay
 from vmshift.blockio.progress import CopyProgress, Event
@@ -44,12 +44,12 @@ def test_copy_writes_only_data_and_reports_progress(tmp_path: Path, fmt: str) ->
     out = tmp_path / f"out.{fmt}"
     events: list[Event] = []
     # Every progress record may trigger early writeback: exercise it on each one.
-    old = copier.WRITEBACK_INTERVAL
-    copier.WRITEBACK_INTERVAL = 0.0
+    old = writeback.WRITEBACK_INTERVAL
+    writeback.WRITEBACK_INTERVAL = 0.0
     try:
         copy_disks([CopyJob(overlay, out, fmt, preallocated=False, label="g-sda")], events.append)
     finally:
-        copier.WRITEBACK_INTERVAL = old
+        writeback.WRITEBACK_INTERVAL = old
     assert same_content(src, "raw", out, fmt)
     # 3 MiB of data: the written zeros and the holes are not allocated in the output.
     assert out.stat().st_blocks * 512 < 8 * MIB

@@ -1,35 +1,66 @@
-"""Copy converted disks to their outputs: only allocated, non-zero data.
+"""Copy converted disks to their outputs: only allocated, non-zero data, checked afterwards.
 
 qemu-img convert does the block work (it already reads the overlay's allocation map and skips
 zero runs, which is what virt-v2v's own copier achieves with nbdcopy); this module runs one per
-disk, in parallel when there are several, turns its progress output into events, and makes
-sure a failed or interrupted copy leaves no output file behind.
+window of each disk (blockio/windows.py: what makes a copy resumable), disks in parallel when
+there are several, turns its progress output into events, and makes sure a failed or
+interrupted copy leaves no output file behind, unless it was journaled for a resume.
+
+Every copy is then verified unless its job says not to (`--no-verify-copy`): `qemu-img compare`
+reads the output back through its format (qcow2 metadata, compressed clusters) and compares it
+with the overlay it was copied from, skipping what both sides hold as unallocated or zero; the
+first difference fails the copy, naming the disk and the offset. A compare pass rather than
+digests taken while copying, because qemu-img convert cannot hand out what it read: the output
+has to be read back either way, and one compare reads both sides once. The output's pages are
+kept in the page cache for it (early writeback starts with sync_file_range instead of
+POSIX_FADV_DONTNEED, which drops them), so the check reads what the copy wrote after the fsync
+made it durable, without reading the whole disk again from the device. docs/benchmarks.md
+("Verified copy") has what it costs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
 import shlex
+import stat
 import subprocess
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmshift.blockio.overlay import Overlay
-from vmshift.blockio.progress import CopyProgress, EventSink
+from vmshift.blockio.progress import CopyProgress, EventSink, WarningEvent
+from vmshift.blockio.windows import (
+    Journal,
+    Planner,
+    Window,
+    create_argv,
+    prefix_compare_argv,
+    window_argv,
+)
+from vmshift.blockio.writeback import EarlyWriteback, drop_pages
 from vmshift.errors import CopyError
 
 log = logging.getLogger(__name__)
 
 # Two copies keep both cores of a small conversion host busy; more only contend for the disk.
 MAX_PARALLEL = 2
-# How often, at most, the output's dirty pages are pushed to disk during the copy.
-WRITEBACK_INTERVAL = 0.05
+QCOW2_MAGIC = b"QFI\xfb"
+
+# qemu-img compare's report of the first difference (exit 1); the offset is the first
+# differing 512-byte sector's, in bytes.
+_MISMATCH = re.compile(r"Content mismatch at offset (\d+)!")
+_DIFFERS_HINT = (
+    "the output read back is not what was converted: check the target's storage (dmesg) and "
+    "run the conversion again"
+)
 
 
 @dataclass(frozen=True)
@@ -40,9 +71,12 @@ class CopyJob:
     preallocated: bool
     label: str
     compressed: bool = False  # qcow2 only: every cluster written compressed (-oo compressed)
+    verify: bool = True  # compare the output with the overlay after the copy
 
 
 def convert_argv(job: CopyJob) -> list[str]:
+    """The whole-disk `qemu-img convert` the copier ran before windows (blockio/windows.py):
+    bench/copy_bench.py's reference."""
     opts = []
     if job.format == "qcow2":
         opts.append("compat=1.1")
@@ -56,89 +90,260 @@ def convert_argv(job: CopyJob) -> list[str]:
     return [*argv, str(job.overlay.path), str(job.output)]
 
 
-class _EarlyWriteback:
-    """Start writing the output back to disk while qemu-img still copies.
+def compare_argv(job: CopyJob, *, device_size: int | None = None) -> list[str]:
+    """The check of a finished copy: the output, read through its format, against the overlay.
 
-    qemu-img leaves everything it wrote dirty in the page cache, so the final fsync used to
-    write the whole disk after the copy (docs/benchmarks.md). POSIX_FADV_DONTNEED starts
-    writeback of dirty pages without waiting and drops the clean ones, so the copy and the
-    flush overlap, as nbdcopy does with sync_file_range.
+    Not strict (-s): the output is allocated differently from the overlay by design (zeros
+    skipped, preallocation, compression) and only the content counts. device_size: the output
+    is a block device (a pool's logical volume), which may be larger than the disk; only the
+    disk's first device_size bytes are compared (qemu-img would also want the rest zero).
     """
+    output = str(job.output)
+    if device_size is not None:
+        node = {"driver": "host_device", "filename": output}
+        output = "json:" + json.dumps({"driver": "raw", "size": device_size, "file": node})
+    return [
+        "qemu-img", "compare", "-p", "-f", "qcow2", "-F", job.format,
+        str(job.overlay.path), output,
+    ]  # fmt: skip
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd: int | None = None
-        self.last = 0.0
 
-    def poke(self) -> None:
-        now = time.monotonic()
-        if now - self.last < WRITEBACK_INTERVAL:
-            return
-        self.last = now
-        if self.fd is None:
-            try:
-                self.fd = os.open(self.path, os.O_RDONLY)
-            except FileNotFoundError:
-                return  # qemu-img has not created it yet
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_DONTNEED)
+def _virtual_size(path: Path, fmt: str) -> int:
+    """The disk size the image's format records: a raw file's size, a qcow2 header's size field.
 
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+    Read here rather than by `qemu-img info`: a process per disk for 8 bytes of a header whose
+    layout the qcow2 specification fixes (magic at 0, size as a big-endian u64 at 24).
+    """
+    if fmt == "raw":
+        return path.stat().st_size
+    with path.open("rb") as f:
+        header = f.read(32)
+    if fmt != "qcow2" or len(header) < 32 or header[:4] != QCOW2_MAGIC:
+        raise CopyError(f"{path}: not a {fmt} image vmshift can read the size of")
+    return int.from_bytes(header[24:32], "big")
+
+
+def _device_size(path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+def _last_line(stderr: str, rc: int) -> str:
+    return stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {rc}"
 
 
 class _Copy:
-    def __init__(self, job: CopyJob, sink: EventSink, cancelled: threading.Event) -> None:
+    def __init__(
+        self,
+        job: CopyJob,
+        sink: EventSink,
+        cancelled: threading.Event,
+        journal: Journal | None = None,
+        resume: bool = False,
+    ) -> None:
         self.job = job
         self.sink = sink
         self.cancelled = cancelled
+        self.journal = journal
+        self.resume = resume
+        self.lock = threading.Lock()  # orders starting a process against kill()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.span = Window(0, job.overlay.virtual_size)  # what the running copy's -p counts
 
-    def _emit(self, fraction: float, finished: bool = False) -> None:
+    def _emit(self, phase: str, fraction: float, finished: bool = False) -> None:
         total = self.job.overlay.virtual_size
+        span = self.span if phase == "copy" else Window(0, total)
         self.sink(
             CopyProgress(
                 disk=self.job.overlay.name,
                 label=self.job.label,
-                done=int(total * fraction),
+                done=span.offset + int(span.size * fraction),
                 total=total,
                 finished=finished,
+                phase=phase,
             )
         )
 
     def run(self) -> None:
-        argv = convert_argv(self.job)
-        log.info("running: %s", shlex.join(argv))
-        self._emit(0.0)
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        writeback = _EarlyWriteback(self.job.output)
-        try:
-            self._follow(self.proc.stdout.fileno(), writeback)
-        finally:
-            writeback.close()
-        stderr = self.proc.stderr.read().decode(errors="replace")
-        rc = self.proc.wait()
-        if self.cancelled.is_set():
-            raise CopyError(f"{self.job.label}: copy cancelled")
+        self._copy()
+        if self.job.verify:
+            self._verify()
+        else:
+            self._emit("copy", 1.0, finished=True)
+
+    def _copy(self) -> None:
+        """Copy the windows the output lacks (blockio/windows.py), each made durable and
+        journaled before the next; on a resume, first check those the journal lists."""
+        job = self.job
+        size = _virtual_size(job.overlay.path, "qcow2")  # the overlay's own, as convert reads it
+        device = job.format == "raw" and _is_device(job.output)
+        done: list[Window] = []
+        if self.resume and self.journal is not None and _fits(job, size, device):
+            done = self._checked(self.journal.done(job.overlay.name), device)
+            fresh = False  # the first window left may hold part of a copy
+        elif device:
+            fresh = False  # a block device holds what it held before
+        else:
+            job.output.unlink(missing_ok=True)
+            argv = create_argv(job.output, job.format, size, preallocated=job.preallocated)
+            rc, _, stderr = self._run(argv, "copy", None)
+            if rc != 0:
+                raise CopyError(
+                    f"{job.label}: cannot create {job.output}: {_last_line(stderr, rc)}"
+                )
+            fresh = True
+        self.span = Window(0, done[-1].end if done else 0)
+        self._emit("copy", 1.0)
+        writeback = EarlyWriteback(job.output, keep_pages=job.verify)
+        # A window is made durable and journaled while the next one is copied: the flush
+        # waits on the device, not on the copy (docs/benchmarks.md, "Resumable copy").
+        with ThreadPoolExecutor(max_workers=1) as flusher:
+            pending: Future[None] | None = None
+            try:
+                planner = Planner(size, self.span.end, compressed=job.compressed)
+                while (window := planner.next()) is not None:
+                    started = time.monotonic()
+                    self._window(window, zero=fresh, device=device, writeback=writeback)
+                    planner.took(time.monotonic() - started)
+                    if pending is not None:
+                        pending.result()
+                    pending = flusher.submit(self._durable, window)
+                if pending is not None:
+                    pending.result()
+            finally:
+                writeback.close()
+
+    def _window(
+        self, window: Window, *, zero: bool, device: bool, writeback: EarlyWriteback | None
+    ) -> None:
+        """Copy one window with qemu-img; _durable() then makes it durable and journals it."""
+        job = self.job
+        self.span = window
+        argv = window_argv(
+            job.overlay.path, job.output, job.format, window,
+            zero=zero, compressed=job.compressed, device=device,
+        )  # fmt: skip
+        rc, _, stderr = self._run(argv, "copy", writeback)
         if rc != 0:
-            last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {rc}"
-            raise CopyError(f"{self.job.label}: copying to {self.job.output} failed: {last}")
-        # qemu-img exits with data still in the page cache: make it durable before the target
-        # renames the file into place as complete.
-        fd_out = os.open(self.job.output, os.O_RDONLY)
+            raise CopyError(
+                f"{job.label}: copying to {job.output} failed: {_last_line(stderr, rc)}"
+            )
+
+    def _durable(self, window: Window) -> None:
+        job = self.job
+        # qemu-img exits with data still in the page cache: make it durable before the
+        # journal says so, and before the target renames the file into place as complete.
+        fd_out = os.open(job.output, os.O_RDONLY)
         try:
             os.fsync(fd_out)
         finally:
             os.close(fd_out)
-        self._emit(1.0, finished=True)
+        if self.journal is not None:
+            self.journal.append(job.overlay.name, window)
 
-    def _follow(self, fd: int, writeback: _EarlyWriteback) -> None:
-        """Turn qemu-img's progress into events until it closes stdout."""
-        assert self.proc is not None
+    def _checked(self, done: list[Window], device: bool) -> list[Window]:
+        """The journaled windows once compared with the overlay, a window that differs copied
+        again (and said so): what the output holds for sure."""
+        job = self.job
+        if not done:
+            return done
+        self.sink(WarningEvent(
+            f"{job.label}: resuming the copy after {done[-1].end >> 20} MiB already on "
+            f"{job.output}; checking them against the converted disk"
+        ))  # fmt: skip
+        seen: set[int] = set()
+        while True:
+            self.span = Window(0, done[-1].end)
+            argv = prefix_compare_argv(
+                job.overlay.path, job.output, job.format, self.span.size, device
+            )
+            rc, messages, stderr = self._run(argv, "copy", None)
+            found = (_MISMATCH.search(m) for m in messages)
+            offset = next((int(m.group(1)) for m in found if m), None)
+            if rc == 0 or (rc == 1 and offset is not None and offset >= self.span.size):
+                return done
+            if rc != 1 or offset is None:
+                raise CopyError(
+                    f"{job.label}: checking {job.output} failed: {_last_line(stderr, rc)}"
+                )
+            bad = next(w for w in done if w.offset <= offset < w.end)
+            if bad.offset in seen:
+                raise CopyError(
+                    f"{job.label}: {job.output} still differs at offset {offset} after copying "
+                    "that part again", hint=_DIFFERS_HINT,
+                )  # fmt: skip
+            seen.add(bad.offset)
+            self.sink(WarningEvent(
+                f"{job.label}: the part of {job.output} at {bad.offset}+{bad.size} differs from "
+                f"the converted disk (at offset {offset}): copying it again"
+            ))  # fmt: skip
+            self._window(bad, zero=False, device=device, writeback=None)
+            self._durable(bad)
+
+    def _verify(self) -> None:
+        """Compare the durable output with the overlay; raise CopyError where they differ."""
+        job = self.job
+        # This phase's first event comes before anything is read back.
+        self._emit("verify", 0.0)
+        # qemu-img compare only warns when the sizes differ.
+        wanted = _virtual_size(job.overlay.path, "qcow2")
+        device = job.format == "raw" and stat.S_ISBLK(job.output.stat().st_mode)
+        size = _device_size(job.output) if device else _virtual_size(job.output, job.format)
+        if size < wanted or (size > wanted and not device):
+            raise CopyError(
+                f"{job.label}: the copy is {size} bytes, the converted disk {wanted} "
+                "(the output was removed)",
+                hint=_DIFFERS_HINT,
+            )
+        argv = compare_argv(job, device_size=wanted if device else None)
+        rc, messages, stderr = self._run(argv, "verify", None)
+        if rc == 1:
+            found = (_MISMATCH.search(m) for m in messages)
+            offset = next((int(m.group(1)) for m in found if m), None)
+            where = "" if offset is None else f" at offset {offset}"
+            raise CopyError(
+                f"{job.label}: the copy differs from the converted disk{where} "
+                "(the output was removed)",
+                hint=_DIFFERS_HINT,
+            )
+        if rc != 0:
+            raise CopyError(f"{job.label}: verifying {job.output} failed: {_last_line(stderr, rc)}")
+        drop_pages(job.output)
+        self._emit("verify", 1.0, finished=True)
+
+    def _run(
+        self, argv: list[str], phase: str, writeback: EarlyWriteback | None
+    ) -> tuple[int, list[str], str]:
+        """Run one qemu-img with -p to its end: exit code, stdout's messages, stderr."""
+        log.info("running: %s", shlex.join(argv))
+        with self.lock:
+            if self.cancelled.is_set():
+                raise CopyError(f"{self.job.label}: copy cancelled")
+            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        with self.proc as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            try:
+                messages = self._follow(proc, phase, writeback)
+                stderr = proc.stderr.read().decode(errors="replace")
+            except BaseException:
+                proc.kill()
+                raise
+            rc = proc.wait()
+        if self.cancelled.is_set():
+            raise CopyError(f"{self.job.label}: copy cancelled")
+        return rc, messages, stderr
+
+    def _follow(
+        self, proc: subprocess.Popen[bytes], phase: str, writeback: EarlyWriteback | None
+    ) -> list[str]:
+        """Turn qemu-img's progress into events until it closes stdout; return the rest."""
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
         buf = b""
+        messages: list[str] = []
         # qemu-img -p rewrites "    (12.34/100%)\r" in place: split on carriage returns.
         while chunk := os.read(fd, 4096):
             buf += chunk
@@ -147,21 +352,62 @@ class _Copy:
                 text = record.decode(errors="replace").strip()
                 if text.startswith("(") and text.endswith("/100%)"):
                     with contextlib.suppress(ValueError):
-                        self._emit(float(text[1:].split("/")[0]) / 100.0)
-            writeback.poke()
+                        self._emit(phase, float(text[1:].split("/")[0]) / 100.0)
+                elif text:
+                    messages.append(text)
+            if writeback is not None:
+                writeback.poke()
             if self.cancelled.is_set():
-                self.proc.kill()
+                proc.kill()
+        if buf.strip():
+            messages.append(buf.decode(errors="replace").strip())
+        return messages
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        with self.lock:
+            proc = self.proc
+            if proc is None or proc.poll() is not None:
+                return
+            proc.kill()
+        proc.wait()
 
 
-def copy_disks(jobs: Sequence[CopyJob], sink: EventSink) -> None:
-    """Copy every job; on any failure or interrupt, stop the others and remove all outputs."""
+def _is_device(path: Path) -> bool:
+    try:
+        return stat.S_ISBLK(path.stat().st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _fits(job: CopyJob, size: int, device: bool) -> bool:
+    """The output a resume finds is one this copy could have made: there, of the disk's size."""
+    try:
+        return device or _virtual_size(job.output, job.format) == size
+    except (OSError, CopyError):
+        return False
+
+
+def copy_disks(
+    jobs: Sequence[CopyJob],
+    sink: EventSink,
+    journal: Journal | None = None,
+    *,
+    resume: bool = False,
+) -> None:
+    """Copy (and verify) every job; on any failure or interrupt, stop the others and remove
+    all outputs, except with a journal: then what was copied stays for a resume, and the
+    caller decides (pipeline.py keeps it when a signal interrupted the copy).
+
+    journal: each window of each disk is listed there once durable (blockio/windows.py).
+    resume: continue the copy the journal describes: the windows it lists are checked against
+    the overlays, one that differs is copied again (with a WarningEvent), then the rest.
+
+    Each disk's events are its copy's progress, then, when verified, the compare's (phase
+    "verify"), whose first event is sent before the output is read back. The last event of a
+    disk is `finished`.
+    """
     cancelled = threading.Event()
-    copies = [_Copy(job, sink, cancelled) for job in jobs]
+    copies = [_Copy(job, sink, cancelled, journal, resume) for job in jobs]
     try:
         with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL, max(1, len(jobs)))) as pool:
             futures = [pool.submit(c.run) for c in copies]
@@ -174,6 +420,7 @@ def copy_disks(jobs: Sequence[CopyJob], sink: EventSink) -> None:
                     c.kill()
                 raise
     except BaseException:
-        for job in jobs:
-            job.output.unlink(missing_ok=True)
+        if journal is None:
+            for job in jobs:
+                job.output.unlink(missing_ok=True)
         raise

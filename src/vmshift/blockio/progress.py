@@ -12,7 +12,9 @@ class CopyProgress:
     label: str  # what to show: "debian12-sda"
     done: int  # bytes of the virtual disk processed
     total: int
-    finished: bool = False
+    finished: bool = False  # the last event for this disk
+    # "copy", then "verify" while the copy is compared with what it was copied from.
+    phase: str = "copy"
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,14 @@ from typing import Any
 from rich.console import Console
 
 from vmshift.blockio.progress import Event
-from vmshift.cli import mode_options
+from vmshift.cli import key_options, mode_options, verify_options
 from vmshift.cli.options import memory_size
 from vmshift.cli.profile_options import apply_profile, target_networks
 from vmshift.cli.render import ProgressPrinter, human_size, print_source_vm
+from vmshift.cli.resume_key import resume_key
 from vmshift.cli.signals import GUARD
 from vmshift.convert.base import ConvertOptions
-from vmshift.errors import UsageError
+from vmshift.errors import BootCheckError, UsageError
 from vmshift.model.inspection import OperatingSystem
 from vmshift.pipeline import ConversionResult, RunOptions, run_conversion
 from vmshift.report import conversion_report
@@ -177,10 +178,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--qemu-boot", action="store_true", help="with -o qemu: boot the result (-oo qemu-boot)"
     )
     mode_options.add_arguments(p)
+    key_options.add_arguments(p)
     p.add_argument(
         "--machine-readable",
         action="store_true",
         help="print progress as plain lines for other programs",
+    )
+    verify_options.add_arguments(p)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the copy of this same conversion where a signal or a kill interrupted "
+        "it (a run without --resume discards such a copy)",
     )
     p.add_argument(
         "--workdir",
@@ -321,6 +330,13 @@ def run(args: argparse.Namespace) -> int:
         workdir_parent=args.workdir,
         memory=memory_size(args.memory) if args.memory else None,
         vcpus=args.vcpus,
+        keys=key_options.luks_keys(args),
+        ask_key=key_options.key_asker(args, printer.paused),
+        verify_boot=verify_options.boot_options(args, output_name(args)),
+        verify_copy=args.verify_copy,
+        resume_key=resume_key(args),
+        resume=args.resume,
+        interrupted=lambda: GUARD.signum is not None,
     )
     with printer:
         result = run_conversion(source, target, run_opts, partial(_both, printer.event))
@@ -334,6 +350,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"vmshift: {label}: {human_size(size)} fetched from the source", file=sys.stderr)
         print(result.target.description)
     print(line, file=sys.stdout)
+    if result.boot is not None:
+        print(result.boot.line(result.target.name), file=sys.stdout)
+        if not result.boot.ok:
+            return BootCheckError.exit_code
     return 0
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from vmshift.cli import key_options
 from vmshift.cli.render import print_report
 from vmshift.guest.inspect import inspect_images
 
@@ -26,10 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--applications", action="store_true", help="list installed applications in the summary"
     )
+    key_options.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    report = inspect_images(args.disks)
+    keys = key_options.luks_keys(args)
+    report = inspect_images(args.disks, keys=keys, ask_key=key_options.key_asker(args))
     if args.json:
         json.dump(report.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")

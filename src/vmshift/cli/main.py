@@ -12,6 +12,7 @@ from typing import NoReturn
 from vmshift import __version__
 from vmshift.cli.signals import GUARD
 from vmshift.errors import VmshiftError
+from vmshift.resume import KeptForResume
 
 # Subcommand name -> module under vmshift.cli that defines add_arguments(parser) and run(args).
 SUBCOMMANDS: dict[str, str] = {
@@ -83,8 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.hint:
             print(f"vmshift: hint: {exc.hint}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        return _interrupted(args.verbose)
+    except KeyboardInterrupt as exc:
+        return _interrupted(args.verbose, kept=isinstance(exc, KeptForResume))
     except Exception:
         # Anything else is a bug, except when a signal made it happen (a libguestfs call on
         # the appliance the signal stopped): then it is the interruption.
@@ -93,13 +94,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _interrupted(args.verbose)
 
 
-def _interrupted(verbose: int) -> int:
+def _interrupted(verbose: int, kept: bool = False) -> int:
     if verbose:
         log.exception("traceback follows")
     signum = GUARD.signum or 2  # a KeyboardInterrupt without our handler: SIGINT
     GUARD.signum = signum
     print(f"vmshift: {GUARD.message()}", file=sys.stderr)
-    print("vmshift: nothing was left behind; the source is untouched", file=sys.stderr)
+    if kept:  # the copy was interrupted (resume.py)
+        print(
+            "vmshift: the converted disks and the partial copy are kept: rerun the same command "
+            "with --resume to continue, or without --resume to discard them; the source is "
+            "untouched",
+            file=sys.stderr,
+        )
+    else:
+        print("vmshift: nothing was left behind; the source is untouched", file=sys.stderr)
     return 128 + signum
 
 

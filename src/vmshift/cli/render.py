@@ -216,16 +216,20 @@ class ProgressPrinter:
             return
         if self.machine_readable:
             percent = int(ev.done * 100 / ev.total) if ev.total else 100
-            if self.last_percent.get(ev.disk) != percent or ev.finished:
-                self.last_percent[ev.disk] = percent
-                print(f"copy {ev.label} {ev.done} {ev.total} {percent}%", flush=True)
+            key = f"{ev.phase} {ev.disk}"
+            if self.last_percent.get(key) != percent or ev.finished:
+                self.last_percent[key] = percent
+                print(f"{ev.phase} {ev.label} {ev.done} {ev.total} {percent}%", flush=True)
             return
         if self.progress is None:
             return
-        task = self.tasks.get(ev.disk)
+        # The check after a copy gets a bar of its own: "debian12-sda verify".
+        key = ev.disk if ev.phase == "copy" else f"{ev.disk} {ev.phase}"
+        task = self.tasks.get(key)
         if task is None:
-            task = self.progress.add_task(ev.label, total=ev.total)
-            self.tasks[ev.disk] = task
+            label = ev.label if ev.phase == "copy" else f"{ev.label} {ev.phase}"
+            task = self.progress.add_task(label, total=ev.total)
+            self.tasks[key] = task
         self.progress.update(task, completed=ev.done)
 
 

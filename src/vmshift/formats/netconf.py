@@ -121,3 +121,66 @@ def networkd_interfaces(text: str) -> tuple[str, ...]:
         elif section == "Link" and line.startswith("Name="):
             names.append(line[len("Name=") :].strip())
     return _unique(names)
+
+
+_IPV4 = re.compile(r"(\d{1,3}(?:\.\d{1,3}){3})(?:/\d{1,2})?")
+
+
+def _ipv4s(values: Iterable[str]) -> tuple[str, ...]:
+    """The IPv4 addresses (prefix dropped) among values; anything else is left out."""
+    found = []
+    for value in values:
+        m = _IPV4.fullmatch(value.strip().split(",", 1)[0].strip())
+        if m and all(int(part) < 256 for part in m.group(1).split(".")):
+            found.append(m.group(1))
+    return _unique(found)
+
+
+def static_ipv4(kind: str, text: str) -> tuple[str, ...]:
+    """The static IPv4 addresses a configuration file of `kind` (as NetworkConfig.kind says)
+    gives its interfaces, in order; DHCP and IPv6 configurations give none."""
+    if kind == "ifupdown":
+        values, static = [], False
+        for raw in text.splitlines():
+            words = raw.split("#", 1)[0].split()
+            if words[:1] == ["iface"]:
+                static = len(words) >= 4 and words[2] == "inet" and words[3] == "static"
+            elif static and len(words) == 2 and words[0] == "address":
+                values.append(words[1])
+        return _ipv4s(values)
+    if kind == "netplan":
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return ()
+        network = doc.get("network") if isinstance(doc, dict) else None
+        values = []
+        for section in ("ethernets", "bonds", "bridges", "vlans"):
+            devices = network.get(section) if isinstance(network, dict) else None
+            for conf in devices.values() if isinstance(devices, dict) else ():
+                addresses = conf.get("addresses") if isinstance(conf, dict) else None
+                values += [a for a in addresses or () if isinstance(a, str)]
+        return _ipv4s(values)
+    if kind in ("ifcfg", "wicked"):
+        shell = _shell_vars(text)
+        return _ipv4s(v for k, v in shell.items() if re.fullmatch(r"IPADDR\w*", k))
+    if kind == "networkmanager":
+        parser = configparser.ConfigParser(interpolation=None, strict=False)
+        try:
+            parser.read_string(text)
+        except configparser.Error:
+            return ()
+        if not parser.has_section("ipv4") or parser.get("ipv4", "method", fallback="") != "manual":
+            return ()
+        return _ipv4s(v for k, v in parser.items("ipv4") if re.fullmatch(r"address(es)?\d*", k))
+    if kind == "systemd-networkd":
+        section, values = "", []
+        for raw in text.splitlines():
+            line = raw.strip()
+            header = re.fullmatch(r"\[(.+)\]", line)
+            if header:
+                section = header.group(1)
+            elif section in ("Network", "Address") and line.startswith("Address="):
+                values.append(line[len("Address=") :])
+        return _ipv4s(values)
+    return ()

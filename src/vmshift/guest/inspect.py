@@ -14,6 +14,7 @@ from typing import Any
 from vmshift.blockio.imageinfo import probe_image
 from vmshift.errors import InspectionError, NoOperatingSystemError
 from vmshift.guest import foreign, linux_facts, windows_facts
+from vmshift.guest.luks import AskKey, LuksKey, unlock_volumes
 from vmshift.guest.session import GuestSession, open_session
 from vmshift.model.inspection import (
     Application,
@@ -31,10 +32,14 @@ log = logging.getLogger(__name__)
 ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 
 
-def inspect_images(paths: Sequence[Path]) -> InspectionReport:
-    """Open the disks of one guest read-only and inspect every operating system on them."""
+def inspect_images(
+    paths: Sequence[Path], *, keys: Sequence[LuksKey] = (), ask_key: AskKey | None = None
+) -> InspectionReport:
+    """Open the disks of one guest read-only and inspect every operating system on them
+    (LUKS volumes opened with keys, or asked for through ask_key)."""
     images = [probe_image(p) for p in paths]
     with open_session(images, readonly=True) as session:
+        unlock_volumes(session, keys, ask_key)
         oses = inspect_session(session)
     return InspectionReport(
         disks=tuple(DiskInfo(str(i.path), i.display_format, i.virtual_size) for i in images),

@@ -206,17 +206,17 @@ def find_bootloader(g: Any, firmware: str) -> Bootloader:
 def find_network_configs(g: Any) -> tuple[NetworkConfig, ...]:
     found: list[NetworkConfig] = []
 
-    def add(path: str, kind: str, names: tuple[str, ...]) -> None:
-        found.append(NetworkConfig(path=path, kind=kind, interfaces=names))
+    def add(path: str, kind: str, names: tuple[str, ...], text: str) -> None:
+        found.append(NetworkConfig(path, kind, names, netconf.static_ipv4(kind, text)))
 
     for path in ["/etc/network/interfaces", *_glob(g, "/etc/network/interfaces.d/*")]:
         text = _read_text(g, path)
         if text is not None:
-            add(path, "ifupdown", netconf.ifupdown_interfaces(text))
+            add(path, "ifupdown", netconf.ifupdown_interfaces(text), text)
     for path in _glob(g, "/etc/netplan/*.yaml") + _glob(g, "/etc/netplan/*.yml"):
         text = _read_text(g, path)
         if text is not None:
-            add(path, "netplan", netconf.netplan_interfaces(text))
+            add(path, "netplan", netconf.netplan_interfaces(text), text)
     for directory, kind in (
         ("/etc/sysconfig/network-scripts", "ifcfg"),
         ("/etc/sysconfig/network", "wicked"),
@@ -225,16 +225,16 @@ def find_network_configs(g: Any) -> tuple[NetworkConfig, ...]:
             text = _read_text(g, path)
             if text is not None:
                 name = path.rsplit("/", 1)[-1]
-                add(path, kind, netconf.ifcfg_interfaces(text, name))
+                add(path, kind, netconf.ifcfg_interfaces(text, name), text)
     for path in _glob(g, "/etc/NetworkManager/system-connections/*"):
         text = _read_text(g, path)
         if text is not None:
-            add(path, "networkmanager", netconf.nmconnection_interfaces(text))
+            add(path, "networkmanager", netconf.nmconnection_interfaces(text), text)
     for pattern in ("/etc/systemd/network/*.network", "/etc/systemd/network/*.link"):
         for path in _glob(g, pattern):
             text = _read_text(g, path)
             if text is not None:
-                add(path, "systemd-networkd", netconf.networkd_interfaces(text))
+                add(path, "systemd-networkd", netconf.networkd_interfaces(text), text)
     return tuple(found)
 
 

@@ -7,6 +7,7 @@ host kernel: the filesystems are untrusted and may be crafted to exploit a kerne
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ from vmshift.guest.accel import detect_accelerator
 from vmshift.model.devnames import scsi_disk_name
 
 log = logging.getLogger(__name__)
+
+# The kernel's line for a failed read or write of a disk ("I/O error, dev sda, sector 2048").
+_IO_ERROR = re.compile(r"I/O error, dev (sd[a-z]+), sector (\d+)")
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,21 @@ class GuestSession:
         for disk in self.disks:
             if disk.appliance_device == whole:
                 return disk
+        return None
+
+    def unreadable(self) -> str | None:
+        """A disk the appliance failed to read ("LABEL: I/O error at sector N"), or None.
+        Asked when inspection found nothing: a source whose reads fail looks like a disk
+        without an OS, and only the appliance's kernel log tells the two apart."""
+        try:
+            kernel_log = str(self.g.debug("sh", ["dmesg"]))
+        except RuntimeError as exc:
+            log.debug("cannot read the appliance's kernel log: %s", exc)
+            return None
+        for m in _IO_ERROR.finditer(kernel_log):
+            for disk in self.disks:
+                if disk.appliance_device == f"/dev/{m.group(1)}":
+                    return f"{disk.label}: I/O error at sector {m.group(2)}"
         return None
 
 

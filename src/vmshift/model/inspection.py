@@ -97,6 +97,8 @@ class NetworkConfig:
     path: str
     kind: str  # ifupdown, netplan, ifcfg, networkmanager, wicked, systemd-networkd
     interfaces: tuple[str, ...]
+    # Static IPv4 addresses it sets (no prefix): what a boot check expects to come up.
+    static_ipv4: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,9 @@ class TargetResult:
     description: str  # one line for the user: where the guest now is
     files: tuple[Path, ...] = ()
     warnings: tuple[str, ...] = ()  # about the target, e.g. file ownership the user must fix
+    # The libvirt domain XML describing the guest, for targets that write one (--verify-boot
+    # boots the guest from it).
+    domain_xml: str | None = None
 
 
 class Target(Protocol):

@@ -4,6 +4,11 @@
                              or <SD_UUID>/ itself
     -os nfs.example:/export  mounted on a private directory for the run, unmounted after
 
+A run killed with SIGKILL cannot unmount: its mount point (`vmshift-export-XXXXXXXX` in the
+temporary directory) has an owner stamp beside it (`...XXXXXXXX.owner`; inside, the mount would
+hide it), and the next run that mounts an export domain unmounts and removes those of dead
+runs, saying so. Never with rmtree: that would walk into the mounted export.
+
 RHV imports what it finds under <SD_UUID>/master/vms and <SD_UUID>/images, as vdsm:kvm
 (36:36): files it cannot read as that user fail the import late and obscurely, so ownership is
 settled here, before any slow work.
@@ -21,7 +26,7 @@ from pathlib import Path
 
 from vmshift.errors import TargetError
 from vmshift.formats.vdsm import DomainMetadata, parse_domain_metadata
-from vmshift.process import CommandFailed, run
+from vmshift.process import CommandFailed, Owner, run
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,45 @@ VDSM_GID = 36
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 NFS_SPEC = re.compile(r"^(?P<host>[^/:\s][^:\s]*|\[[0-9a-fA-F:]+\]):(?P<path>/\S*)$")
 MOUNT_TIMEOUT = 120.0
+MOUNT_PREFIX = "vmshift-export-"
+OWNER_SUFFIX = ".owner"
+
+
+def _stamp(mountpoint: Path) -> Path:
+    return mountpoint.with_name(mountpoint.name + OWNER_SUFFIX)
+
+
+def sweep_dead_mounts(parent: Path | None) -> list[str]:
+    """Unmount and remove the export-domain mount points under parent (default: the temporary
+    directory) of runs that died; one line for the user per mount removed."""
+    base = parent if parent is not None else Path(tempfile.gettempdir())
+    said = []
+    for stamp in sorted(base.glob(f"{MOUNT_PREFIX}*{OWNER_SUFFIX}")):
+        mnt = stamp.with_name(stamp.name.removesuffix(OWNER_SUFFIX))
+        try:
+            if stamp.stat().st_uid != os.getuid():
+                continue
+            owner = Owner.parse(stamp.read_text())
+        except (OSError, ValueError):
+            continue
+        if owner.state() != "dead":
+            continue
+        if os.path.ismount(mnt):
+            try:
+                run(["umount", str(mnt)], timeout=MOUNT_TIMEOUT)
+            except CommandFailed as exc:
+                log.warning("could not unmount %s (run %d died): %s", mnt, owner.pid, exc)
+                continue
+        try:
+            mnt.rmdir()  # empty once unmounted; never removed with what it holds
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove %s (run %d died): %s", mnt, owner.pid, exc.strerror)
+            continue
+        stamp.unlink(missing_ok=True)
+        said.append(f"unmounted and removed {mnt}: left by run {owner.pid} that was killed")
+    return said
 
 
 def is_nfs_spec(storage: str) -> bool:
@@ -53,6 +97,7 @@ class ExportDomain:
         self.root = Path()  # <SD_UUID>/
         self.metadata = DomainMetadata("", "", 0, "")
         self.ownership = Ownership(None)
+        self.swept: list[str] = []  # killed runs' mounts that open() removed, one line each
 
     @property
     def sd_uuid(self) -> str:
@@ -83,6 +128,7 @@ class ExportDomain:
             return
         with contextlib.suppress(OSError):
             mnt.rmdir()
+            _stamp(mnt).unlink()
 
     def _mount(self) -> Path:
         if os.geteuid() != 0:
@@ -90,7 +136,9 @@ class ExportDomain:
                 f"-os {self.storage}: mounting an NFS export domain needs root",
                 hint="mount it yourself and give the mount point to -os",
             )
-        mnt = Path(tempfile.mkdtemp(prefix="vmshift-export-"))
+        self.swept += sweep_dead_mounts(None)
+        mnt = Path(tempfile.mkdtemp(prefix=MOUNT_PREFIX))
+        _stamp(mnt).write_text(Owner.this_process().stamp())
         try:
             # retry=0: a wrong host or path fails now instead of after two minutes of retries.
             run(
@@ -99,6 +147,7 @@ class ExportDomain:
             )
         except CommandFailed as exc:
             mnt.rmdir()
+            _stamp(mnt).unlink(missing_ok=True)
             reason = exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else str(exc)
             raise TargetError(
                 f"-os {self.storage}: cannot mount the NFS export domain: {reason}",

@@ -1,8 +1,10 @@
 """-o libvirt [-oc URI] [-os POOL]: disks in a libvirt storage pool, the guest defined there.
 
 Directory-backed pools (dir, fs, netfs) are written like -o local writes a directory: the
-copier creates DIR/.NAME-sda.tmp, finalize renames it to DIR/NAME-sda and refreshes the pool,
-so a half-copied disk never shows up as a volume. Any other pool (logical, disk, iscsi ...)
+copier creates DIR/.NAME-sda.tmp, finalize renames it to DIR/NAME-sda (never replacing a file)
+and refreshes the pool, so a half-copied disk never shows up as a volume; the run holds
+DIR/.NAME.vmshift-lock from check() on (output_lock.py: another live run is refused, a killed
+one's temporary disks removed). Any other pool (logical, disk, iscsi ...)
 gets its volumes created through the API first (raw only: a block device has no qcow2), and
 the copier writes into the existing device. The guest is defined, never started.
 
@@ -24,13 +26,20 @@ from vmshift.errors import TargetError
 from vmshift.formats.libvirt_domcaps import DomainCapabilities, parse_domain_capabilities
 from vmshift.formats.libvirt_xml import domain_xml, source_cpu_model
 from vmshift.formats.safexml import untrusted_parser
+from vmshift.fsops import rename_noreplace
 from vmshift.guest.accel import detect_accelerator
 from vmshift.libvirt_binding import import_libvirt
 from vmshift.model.caps import GuestCaps
 from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import SourceVM
 from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult
-from vmshift.targets.local import check_format_options, disk_file_name, output_name
+from vmshift.targets.local import (
+    check_format_options,
+    disk_file_name,
+    output_name,
+    refuse_to_overwrite,
+)
+from vmshift.targets.output_lock import OutputLock, temporary_names
 from vmshift.targets.platform import cpu_model_decision, secure_boot_decision
 
 DEFAULT_URI = "qemu:///system"
@@ -56,10 +65,16 @@ class LibvirtTarget:
         self._pool: Any = None
         self._pool_dir: Path | None = None  # set for directory-backed pools
         self._name = ""
+        self._lock: OutputLock | None = None  # for directory-backed pools
         self._temps: list[Path] = []
         self._files: list[Path] = []  # final disk files this run made in a directory pool
         self._volumes: list[str] = []  # volumes this run created through the API
         self._domain: Any = None
+
+    @property
+    def swept(self) -> list[str]:
+        """What check() removed that a killed run had left in a directory pool."""
+        return self._lock.swept if self._lock is not None else []
 
     # -- check ----------------------------------------------------------------------------
 
@@ -76,11 +91,16 @@ class LibvirtTarget:
             ) from None
         try:
             self._check_pool(vm)
+            if self._pool_dir is not None:
+                where = f"pool {self._pool_name} ({self._pool_dir}), {self._name}"
+                pattern = temporary_names(self._name)
+                self._lock = OutputLock(self._pool_dir, self._name, pattern, where)
+                self._lock.acquire()  # before looking at the names
             self._check_free(vm)
         except lv.libvirtError as exc:
             self._close()
             raise TargetError(f"-oc {self._uri}: {exc.get_error_message()}") from None
-        except TargetError:
+        except BaseException:
             self._close()
             raise
 
@@ -139,12 +159,6 @@ class LibvirtTarget:
                     f"{vol}: a volume with this name already exists in pool {self._pool_name}",
                     hint="choose another name with -on, or delete the volume",
                 )
-            if self._pool_dir is not None and (self._pool_dir / f".{vol}.tmp").exists():
-                raise TargetError(
-                    f"{self._pool_dir / f'.{vol}.tmp'}: a conversion to this name is in "
-                    "progress, or one was killed",
-                    hint="if no vmshift is running, remove the file",
-                )
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -186,10 +200,10 @@ class LibvirtTarget:
         lv = self._lv
         for disk in disks:
             if disk.path != disk.final_path:
-                if disk.final_path.exists():
-                    raise TargetError(f"{disk.final_path}: already exists; refusing to overwrite")
                 try:
-                    disk.path.rename(disk.final_path)
+                    rename_noreplace(disk.path, disk.final_path)
+                except FileExistsError:
+                    raise refuse_to_overwrite(disk.final_path) from None
                 except OSError as exc:
                     raise TargetError(f"{disk.final_path}: cannot rename: {exc}") from exc
                 self._files.append(disk.final_path)
@@ -225,6 +239,7 @@ class LibvirtTarget:
             f"(start it with: virsh -c {self._uri} start {self._name})",
             files=tuple(Path(p) for p in paths),
             warnings=warnings,
+            domain_xml=xml,
         )
         self._close()
         return result
@@ -311,6 +326,9 @@ class LibvirtTarget:
         self._close()
 
     def _close(self) -> None:
+        """The end of the run's hold on the target: success, failure or a refusal in check."""
+        if self._lock is not None:
+            self._lock.release()
         conn, self._conn, self._pool = self._conn, None, None
         if conn is not None:
             with contextlib.suppress(Exception):

@@ -2,8 +2,15 @@
 
 Nothing appears under its final name until the guest is complete: disks are copied to hidden
 temporary names (DIR/.NAME-sda.tmp) and renamed, and the XML is written to a temporary name
-and renamed last, so a DIR/NAME.xml always describes disks that are all there. Existing files
-are never overwritten: a second conversion with the same name is refused in check().
+(DIR/.NAME.xml.XXXXXXXX.tmp) and renamed last, so a DIR/NAME.xml always describes disks that
+are all there. Existing files are never overwritten: check() refuses a name whose files exist,
+and every rename into place is fsops.rename_noreplace, so a file that appears meanwhile is not
+replaced either (the run fails and abort() removes its own files).
+
+One run per name: check() takes DIR/.NAME.vmshift-lock (output_lock.py) before looking at the
+names, and holds it to the end of finalize() or abort(). Another live run's lock is refused
+naming its pid; a killed run's lock and temporary files are removed by the next run, which
+says so (`swept`).
 
 OutputDirectory holds the -os DIR logic that -o qemu shares.
 """
@@ -19,12 +26,14 @@ from pathlib import Path
 
 from vmshift.errors import TargetError
 from vmshift.formats.libvirt_xml import domain_xml
+from vmshift.fsops import rename_noreplace
 from vmshift.model.caps import GuestCaps
 from vmshift.model.devnames import drive_letters
 from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import SourceVM
 from vmshift.process import CommandFailed, run
 from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult
+from vmshift.targets.output_lock import OutputLock, temporary_names
 from vmshift.targets.platform import (
     cpu_model_decision,
     libvirt_knows_cpu_model,
@@ -80,10 +89,23 @@ def validate_domain_xml(path: Path) -> None:
         ) from exc
 
 
+def refuse_to_overwrite(path: Path) -> TargetError:
+    return TargetError(
+        f"{path}: already exists; refusing to overwrite it",
+        hint="remove it, or choose another name with -on",
+    )
+
+
 def write_file_atomically(
-    path: Path, text: str, mode: int = 0o644, check: Callable[[Path], None] | None = None
+    path: Path,
+    text: str,
+    mode: int = 0o644,
+    check: Callable[[Path], None] | None = None,
+    *,
+    copy_of: Path | None = None,
 ) -> None:
-    """Write text to a hidden temporary name in path's directory, then rename it into place.
+    """Write text (or a copy of the file copy_of) to a hidden temporary name in path's
+    directory, .NAME.XXXXXXXX.tmp, then rename it into place, never replacing a file.
 
     check runs on the temporary file first: a file that fails it never gets its final name.
     """
@@ -93,13 +115,17 @@ def write_file_atomically(
         raise TargetError(f"{path}: cannot write: {exc.strerror}") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            if copy_of is not None:
+                with copy_of.open("rb") as src:
+                    shutil.copyfileobj(src, f.buffer)
+            else:
+                f.write(text)
         Path(tmp).chmod(mode)
         if check is not None:
             check(Path(tmp))
-        if path.exists():
-            raise TargetError(f"{path}: already exists; refusing to overwrite it")
-        Path(tmp).rename(path)
+        rename_noreplace(Path(tmp), path)
+    except FileExistsError:
+        raise refuse_to_overwrite(path) from None
     except OSError as exc:
         raise TargetError(f"{path}: cannot write: {exc.strerror}") from exc
     finally:
@@ -115,10 +141,18 @@ class OutputDirectory:
         self._option = option  # "-o local": for messages
         self.dir = Path(opts.storage) if opts.storage else Path()
         self.name = ""
+        self._lock: OutputLock | None = None
         self._temps: list[Path] = []
         self._made: list[Path] = []  # final files this run created; abort removes them
 
+    @property
+    def swept(self) -> list[str]:
+        """What check() removed that a killed run had left, one line each."""
+        return self._lock.swept if self._lock is not None else []
+
     def check(self, vm: SourceVM, extra_files: Sequence[str]) -> None:
+        """extra_files: the target's files besides the disks (NAME.xml ...), written with
+        write() or copy()."""
         if not self._opts.storage:
             raise TargetError(f"{self._option} needs -os DIR, the directory to write the guest to")
         check_format_options(self._opts)
@@ -129,20 +163,17 @@ class OutputDirectory:
         if not d.is_dir():
             raise TargetError(f"-os {d}: not a directory")
         self._check_writable()
-        names = [disk_file_name(self.name, i) for i in range(len(vm.disks))] + list(extra_files)
-        for file in names:
-            if (d / file).exists() or (d / file).is_symlink():
-                raise TargetError(
-                    f"{d / file}: already exists; refusing to overwrite it",
-                    hint="remove it, or choose another name with -on",
-                )
-        for i in range(len(vm.disks)):
-            tmp = d / f".{disk_file_name(self.name, i)}.tmp"
-            if tmp.exists():
-                raise TargetError(
-                    f"{tmp}: a conversion to this name is in progress, or one was killed",
-                    hint="if no vmshift is running, remove the file",
-                )
+        if self._lock is None:
+            self._lock = OutputLock(d, self.name, temporary_names(self.name, extra_files))
+        self._lock.acquire()  # before looking at the names: no other run changes them now
+        try:
+            names = [disk_file_name(self.name, i) for i in range(len(vm.disks))]
+            for file in [*names, *extra_files]:
+                if (d / file).exists() or (d / file).is_symlink():
+                    raise refuse_to_overwrite(d / file)
+        except BaseException:
+            self._lock.release()
+            raise
 
     def _check_writable(self) -> None:
         # os.access alone is fooled by read-only mounts for root and by ACLs; creating a file
@@ -174,16 +205,19 @@ class OutputDirectory:
         return outs
 
     def commit_disks(self, disks: list[OutputDisk]) -> list[Path]:
-        """Rename each copied disk to its final name; return the final paths."""
+        """Rename each copied disk to its final name, never replacing a file; return the final
+        paths."""
         for disk in disks:
             if not disk.path.exists():
                 raise TargetError(f"{disk.path}: the copied disk is missing")
-            if disk.final_path.exists():
-                raise TargetError(f"{disk.final_path}: already exists; refusing to overwrite it")
+            if disk.final_path.exists() or disk.final_path.is_symlink():
+                raise refuse_to_overwrite(disk.final_path)  # before renaming any
         finals = []
         for disk in disks:
             try:
-                disk.path.rename(disk.final_path)
+                rename_noreplace(disk.path, disk.final_path)
+            except FileExistsError:
+                raise refuse_to_overwrite(disk.final_path) from None
             except OSError as exc:
                 raise TargetError(f"{disk.final_path}: cannot rename into place: {exc}") from exc
             self._made.append(disk.final_path)
@@ -198,9 +232,17 @@ class OutputDirectory:
         self._made.append(path)
         return path
 
-    def remember(self, path: Path) -> None:
-        """Have abort() remove a file the target made some other way."""
+    def copy(self, file: str, source: Path, mode: int = 0o644) -> Path:
+        """Copy source in as file, through a temporary name like write()."""
+        path = self.dir / file
+        write_file_atomically(path, "", mode, copy_of=source)
         self._made.append(path)
+        return path
+
+    def done(self) -> None:
+        """The guest is complete: drop the lock (the end of the target's finalize)."""
+        if self._lock is not None:
+            self._lock.release()
 
     def abort(self) -> None:
         for path in [*self._temps, *reversed(self._made)]:
@@ -208,6 +250,16 @@ class OutputDirectory:
                 path.unlink()
         self._temps.clear()
         self._made.clear()
+        if self._lock is not None:
+            self._lock.release()  # last: the name is free once nothing of this run is left
+
+    def keep_for_resume(self) -> None:
+        """The copy was interrupted and is kept for a --resume (resume.py): the temporary
+        disks stay, claimed by the resume state (output_lock.claim), and the name is free;
+        nothing final was made yet."""
+        self._temps.clear()
+        if self._lock is not None:
+            self._lock.release()
 
 
 def local_platform(vm: SourceVM, caps: GuestCaps, kind: str) -> tuple[bool, bool, tuple[str, ...]]:
@@ -227,6 +279,10 @@ class LocalTarget:
     def __init__(self, opts: TargetOptions) -> None:
         self._opts = opts
         self._out = OutputDirectory(opts, "-o local")
+
+    @property
+    def swept(self) -> list[str]:
+        return self._out.swept
 
     def check(self, vm: SourceVM) -> None:
         name = output_name(self._opts, vm)
@@ -257,12 +313,17 @@ class LocalTarget:
         )
         # Validated under its temporary name: an invalid XML must never look finished.
         xml_path = self._out.write(f"{name}.xml", xml, check=validate_domain_xml)
+        self._out.done()
         return TargetResult(
             name=name,
             description=f"{xml_path} (define it with: virsh define {xml_path})",
             files=(*finals, xml_path),
             warnings=warnings,
+            domain_xml=xml,
         )
 
     def abort(self) -> None:
         self._out.abort()
+
+    def keep_for_resume(self) -> None:
+        self._out.keep_for_resume()

@@ -2,14 +2,14 @@
 
 For measuring a conversion, or checking that one works, without the disk space it needs for
 keeps: the copier writes into a private temporary directory that finalize removes. The data
-is really written (the copy path is the same as for any target), only never kept.
+is really written (the copy path is the same as for any target), only never kept. The
+directory has an owner stamp, like a work directory: check() removes those of killed runs.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from vmshift.errors import TargetError
@@ -19,19 +19,25 @@ from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import SourceVM
 from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult
 from vmshift.targets.local import check_format_options
+from vmshift.workdir import make_workdir, sweep_dead_runs
+
+PREFIX = "vmshift-null-"
 
 
 class NullTarget:
     def __init__(self, opts: TargetOptions) -> None:
         self._opts = opts
         self._dir: Path | None = None
+        self.swept: list[str] = []
 
     def check(self, vm: SourceVM) -> None:
         check_format_options(self._opts)
+        for dead in sweep_dead_runs(_big_tmp(), PREFIX):
+            self.swept.append(f"removed {dead}: the -o null output of a run that was killed")
 
     def setup(self, vm: SourceVM, sizes: list[int]) -> list[OutputDisk]:
         try:
-            self._dir = Path(tempfile.mkdtemp(prefix="vmshift-null-", dir=_big_tmp()))
+            self._dir = make_workdir(_big_tmp(), PREFIX)
         except OSError as exc:
             raise TargetError(f"-o null: cannot create a temporary directory: {exc}") from exc
         return [
@@ -60,9 +66,9 @@ class NullTarget:
             self._dir = None
 
 
-def _big_tmp() -> str | None:
+def _big_tmp() -> Path | None:
     """$TMPDIR if the user set one, else /var/tmp (disk-backed, unlike /tmp on many hosts)."""
     if os.environ.get("TMPDIR"):
         return None  # tempfile honours it
     var_tmp = Path("/var/tmp")
-    return str(var_tmp) if var_tmp.is_dir() else None
+    return var_tmp if var_tmp.is_dir() else None

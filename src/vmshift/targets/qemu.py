@@ -258,6 +258,10 @@ class QemuTarget:
         self._opts = opts
         self._out = OutputDirectory(opts, "-o qemu")
 
+    @property
+    def swept(self) -> list[str]:
+        return self._out.swept
+
     def check(self, vm: SourceVM) -> None:
         if shutil.which(QEMU) is None:
             raise TargetError(f"-o qemu needs {QEMU}", hint="install qemu-system-x86")
@@ -293,12 +297,7 @@ class QemuTarget:
                     hint="install ovmf (Debian) or edk2-ovmf",
                 )
             code, template = found
-            varstore = directory / f"{name}-VARS.fd"
-            try:
-                shutil.copyfile(template, varstore)
-            except OSError as exc:
-                raise TargetError(f"{varstore}: cannot write: {exc.strerror}") from exc
-            self._out.remember(varstore)
+            varstore = self._out.copy(f"{name}-VARS.fd", template).absolute()
             uefi = (code, varstore)
         finals = self._out.commit_disks(disks)
         script_text = qemu_script(
@@ -316,6 +315,7 @@ class QemuTarget:
         script = self._out.write(f"{name}.sh", script_text, mode=0o755, check=check_script)
         files = (*finals, script, *([uefi[1]] if uefi else []))
         description = f"{script} (run it to boot the guest)"
+        self._out.done()
         if self._opts.qemu_boot:
             description = f"{script}; {self._boot(script, directory / f'{name}.pid')}"
         return TargetResult(name=name, description=description, files=files, warnings=warnings)
@@ -350,3 +350,6 @@ class QemuTarget:
 
     def abort(self) -> None:
         self._out.abort()
+
+    def keep_for_resume(self) -> None:
+        self._out.keep_for_resume()

@@ -5,13 +5,19 @@
     <SD_UUID>/master/vms/<VM_UUID>/<VM_UUID>.ovf    the VM, in oVirt's OVF dialect
 
 RHV lists a VM for import as soon as its OVF is there, so nothing appears under those names
-until the guest is complete: disks are copied into a hidden staging directory in the domain
-(same filesystem, so moving is a rename), each image directory is renamed into images/ once its
-.meta is written, and the VM's directory with the OVF is renamed into master/vms/ last.
+until the guest is complete: disks are copied into a hidden staging directory in the domain,
+<SD_UUID>/.NAME.vmshift-staging (same filesystem, so moving is a rename), each image directory
+is renamed into images/ once its .meta is written, and the VM's directory with the OVF is
+renamed into master/vms/ last; no rename replaces anything (fsops.rename_noreplace).
+
+One run per VM name in a domain: check() takes <SD_UUID>/.NAME.vmshift-lock (output_lock.py)
+and holds it until finalize() or abort() ends; the staging directory of a run that was killed
+is removed by the next run for that name, which says so.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
 from datetime import UTC, datetime
@@ -32,12 +38,14 @@ from vmshift.formats.ovirt_ovf import (
     render_ovf,
 )
 from vmshift.formats.vdsm import SECTOR, VolumeMeta
+from vmshift.fsops import rename_noreplace
 from vmshift.model.caps import GuestCaps
 from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import Firmware, SourceVM
 from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult
 from vmshift.targets.export_domain import ExportDomain
-from vmshift.targets.local import check_format_options, output_name
+from vmshift.targets.local import check_format_options, output_name, refuse_to_overwrite
+from vmshift.targets.output_lock import OutputLock
 from vmshift.targets.ovirt_osinfo import osinfo_name
 from vmshift.targets.platform import (
     cpu_model_decision,
@@ -125,8 +133,15 @@ class RhvTarget:
         self._domain: ExportDomain | None = None
         self.name = ""
         self.vm_id = ""
+        self._lock: OutputLock | None = None
         self._staging: Path | None = None
         self._moved: list[Path] = []  # final paths this run made; abort removes them
+
+    @property
+    def swept(self) -> list[str]:
+        """What check() removed that a killed run had left: its mount, its files there."""
+        mounts = self._domain.swept if self._domain is not None else []
+        return mounts + (self._lock.swept if self._lock is not None else [])
 
     @property
     def domain(self) -> ExportDomain:
@@ -155,6 +170,10 @@ class RhvTarget:
         domain.open()
         self._domain = domain
         try:
+            staging = re.escape(self._staging_name())
+            where = f"-os {self._opts.storage}: VM {self.name}"
+            self._lock = OutputLock(domain.root, self.name, staging, where)
+            self._lock.acquire()  # before looking at the VMs there
             self._check_name_free()
         except BaseException:
             self.abort()
@@ -178,7 +197,7 @@ class RhvTarget:
         if self._domain is None:
             self.check(vm)
         self.vm_id = str(uuid.uuid4())
-        staging = self.domain.root / f".vmshift-{self.vm_id}.tmp"
+        staging = self.domain.root / self._staging_name()
         try:
             staging.mkdir(mode=0o755)
         except OSError as exc:
@@ -271,6 +290,8 @@ class RhvTarget:
         self._move(vm_dir, final_vm)
         shutil.rmtree(self._staging, ignore_errors=True)
         self._staging = None
+        if self._lock is not None:
+            self._lock.release()
         warnings = platform_warnings
         if domain.ownership.warning:
             warnings += (domain.ownership.warning,)
@@ -316,11 +337,14 @@ class RhvTarget:
             )
         return nics
 
+    def _staging_name(self) -> str:
+        return f".{self.name}.vmshift-staging"
+
     def _move(self, src: Path, dst: Path) -> None:
-        if dst.exists():
-            raise TargetError(f"{dst}: already exists; refusing to overwrite it")
         try:
-            src.rename(dst)
+            rename_noreplace(src, dst)
+        except FileExistsError:
+            raise refuse_to_overwrite(dst) from None
         except OSError as exc:
             raise TargetError(f"{dst}: cannot move into place: {exc.strerror}") from exc
         self._moved.append(dst)
@@ -332,6 +356,8 @@ class RhvTarget:
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
+        if self._lock is not None:
+            self._lock.release()  # before unmounting: it is a file in the domain
         if self._domain is not None:
             self._domain.close()
 

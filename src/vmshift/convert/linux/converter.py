@@ -15,6 +15,7 @@ from vmshift.convert.linux import (
     tools_removal,
 )
 from vmshift.convert.linux.context import LinuxGuest, family_of
+from vmshift.guest import safety
 from vmshift.guest.inspect import mount_os
 from vmshift.guest.session import GuestSession
 from vmshift.model.caps import GuestCaps
@@ -28,9 +29,12 @@ class LinuxConverter:
     ) -> GuestCaps:
         g = session.g
         guest = LinuxGuest(g=g, os=os, vm=vm, family=family_of(os), block_bus=opts.block_driver)
+        # Refusals before the first write: a dirty filesystem, then too little room.
+        safety.check_filesystems(session, os)
         g.umount_all()
         mount_os(g, os.root, readonly=False)
         try:
+            safety.check_guest_free_space(g, os)
             tools_removal.remove_foreign_software(guest)
             chosen = kernel.choose_kernel(guest)
             virtio = chosen is not None

@@ -6,6 +6,7 @@ from vmshift.convert.base import ConvertOptions
 from vmshift.convert.firmware import keeps_secure_boot, target_firmware
 from vmshift.convert.windows import checks, drivers, firstboot, services, uefi
 from vmshift.convert.windows.context import WindowsGuest, make_guest
+from vmshift.guest import safety
 from vmshift.guest.inspect import mount_os
 from vmshift.guest.session import GuestSession
 from vmshift.model.caps import GuestCaps
@@ -19,10 +20,12 @@ class WindowsConverter:
     ) -> GuestCaps:
         # Before the read-write mount, which ntfs-3g refuses on a hibernated volume.
         checks.refuse_hibernated(os)
+        safety.check_filesystems(session, os)
         g = session.g
         g.umount_all()
         mount_os(g, os.root, readonly=False)
         try:
+            safety.check_guest_free_space(g, os)
             guest = make_guest(g, os, vm, opts)
             # Refusals first: a guest that must not be converted is left untouched.
             checks.refuse_or_warn(guest)

@@ -1,0 +1,241 @@
+"""--verify-boot: start the converted guest from the XML the target wrote and watch it.
+
+The guest runs as a transient libvirt domain (verify/domain.py says how it differs from the
+target's XML: overlays over the output disks, NICs on private UDP wires), started paused so
+the console is read from the first byte. Proof of life is the login prompt on the serial
+console; for a guest whose static IPv4 configuration was kept, also an ARP answer for each
+static address (verify/arp.py). On a host without KVM the guest runs under TCG, and the
+verdict says so. Whatever happens, the domain is destroyed and its overlays removed; the
+console is saved next to the output when the guest did not come up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmshift.errors import BootCheckError
+from vmshift.guest.accel import detect_accelerator
+from vmshift.libvirt_binding import import_libvirt
+from vmshift.model.inspection import OperatingSystem
+from vmshift.process import CommandFailed, run
+from vmshift.verify import arp
+from vmshift.verify.console import ALIVE, DESCRIPTIONS, BootOutcome, classify, tail
+from vmshift.verify.domain import NicLink, disk_images, nic_macs, verification_xml
+
+log = logging.getLogger(__name__)
+
+# After the login prompt, how long a static address may take to answer.
+ADDRESS_WAIT = 90.0
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    conn: str  # the libvirt URI to boot on
+    timeout: float  # seconds from start to the login prompt
+
+
+@dataclass(frozen=True)
+class BootPlan:
+    """What to boot: the target's domain XML and what to expect of it."""
+
+    xml: str
+    name: str  # the guest's name on the target
+    addresses: tuple[str, ...]  # static IPv4 addresses that should come up
+    save_dir: Path  # where the console goes when the guest does not come up
+    # No login prompt to wait for on the serial console (Windows): a frame from the guest's
+    # NIC is the proof of life instead.
+    network_proof: bool = False
+
+
+@dataclass(frozen=True)
+class BootVerdict:
+    ok: bool
+    outcome: BootOutcome
+    seconds: float  # from start to the outcome
+    accelerator: str  # kvm or tcg: how the check ran, not what the target uses
+    addresses: dict[str, str | None] = field(default_factory=dict)  # static IP -> MAC answering
+    console_log: Path | None = None  # saved when the guest did not come up
+    console_tail: str = ""
+    nic: str | None = None  # NIC_UP: the MAC that spoke
+
+    def line(self, name: str) -> str:
+        """The final line about the boot check."""
+        how = " under TCG (no KVM on this host)" if self.accelerator == "tcg" else ""
+        if self.outcome not in ALIVE:
+            saved = f"; console in {self.console_log}" if self.console_log else ""
+            return (
+                f"vmshift: {name} did not boot: {DESCRIPTIONS[self.outcome]} after "
+                f"{self.seconds:.0f} s{how}{saved}"
+            )
+        up = [f"{ip} up ({mac})" for ip, mac in self.addresses.items() if mac]
+        down = [ip for ip, mac in self.addresses.items() if not mac]
+        proof = "to its login prompt"
+        if self.outcome is BootOutcome.NIC_UP:
+            proof = f"(its NIC {self.nic} came up)"
+        text = f"vmshift: {name} booted {proof} in {self.seconds:.0f} s{how}"
+        if up:
+            text += "; " + ", ".join(up)
+        if down:
+            text += "; static address not up: " + ", ".join(down)
+            if self.console_log:
+                text += f"; console in {self.console_log}"
+        return text
+
+
+def static_addresses(guest: OperatingSystem) -> list[str]:
+    """The static IPv4 addresses the guest's kept network configuration brings up."""
+    found: dict[str, None] = {}
+    for config in guest.linux.network_configs if guest.linux else ():
+        found.update(dict.fromkeys(config.static_ipv4))
+    return list(found)
+
+
+def verify_boot(plan: BootPlan, workdir: Path, opts: VerifyOptions) -> BootVerdict:
+    """Boot the guest plan.xml describes (never writing its disks) and return the verdict."""
+    xml, name = plan.xml, plan.name
+    lv = import_libvirt(BootCheckError, "--verify-boot")
+    tcg = not detect_accelerator().is_kvm
+    vdir = _private_dir(workdir)
+    overlays = [_overlay(img.path, img.format, vdir / f"disk{i}.qcow2")
+                for i, img in enumerate(disk_images(xml))]  # fmt: skip
+    wires = [arp.open_wire(mac) for mac in nic_macs(xml)]
+    links = [NicLink(w.mac, w.sock.getsockname()[1], w.guest_port) for w in wires]
+    domain_xml = verification_xml(
+        xml, overlays, links, name=f"vmshift-verify-{name}-{os.getpid()}",
+        private_dir=vdir, tcg=tcg,
+    )  # fmt: skip
+    try:
+        conn = lv.open(opts.conn)
+    except lv.libvirtError as exc:
+        raise BootCheckError(
+            f"--verify-boot: cannot connect to libvirt at {opts.conn}: {exc.get_error_message()}"
+        ) from None
+    try:
+        verdict = _boot(lv, conn, domain_xml, plan, wires=wires, opts=opts, tcg=tcg)
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+        for wire in wires:
+            wire.sock.close()
+    if not verdict.ok:
+        saved = _save_console(plan.save_dir / f"{name}.verify-console.log", verdict.console_tail)
+        verdict = dataclasses.replace(verdict, console_log=saved)
+    return verdict
+
+
+def _private_dir(workdir: Path) -> Path:
+    """A directory the hypervisor's user can use: libvirt's qemu may run as another user
+    (qemu:///system's, or a session daemon's), so the work directory becomes traversable
+    (its entries stay unlisted) and this one writable, for the NVRAM libvirt creates."""
+    vdir = workdir / "verify"
+    vdir.mkdir()
+    workdir.chmod(0o711)
+    vdir.chmod(0o777)
+    return vdir
+
+
+def _overlay(backing: str, fmt: str, path: Path) -> Path:
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", fmt, str(path)]
+    try:
+        run(argv, timeout=120)
+    except CommandFailed as exc:
+        raise BootCheckError(f"--verify-boot: cannot put an overlay on {backing}: {exc}") from exc
+    path.chmod(0o666)
+    return path
+
+
+class _ConsoleReader(threading.Thread):
+    """Reads the domain's serial console (a libvirt stream) into buf until it ends."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(daemon=True, name="verify-console")
+        self.stream = stream
+        self.buf = bytearray()
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                chunk = self.stream.recv(65536)
+                if not isinstance(chunk, bytes) or not chunk:
+                    return
+                with self.lock:
+                    self.buf += chunk
+
+    def snapshot(self) -> bytes:
+        with self.lock:
+            return bytes(self.buf)
+
+
+def _boot(
+    lv: Any,
+    conn: Any,
+    xml: str,
+    plan: BootPlan,
+    *,
+    wires: list[arp.Wire],
+    opts: VerifyOptions,
+    tcg: bool,
+) -> BootVerdict:
+    accel = "tcg" if tcg else "kvm"
+    try:
+        dom = conn.createXML(xml, lv.VIR_DOMAIN_START_PAUSED)
+    except lv.libvirtError as exc:
+        raise BootCheckError(
+            f"--verify-boot: libvirt at {opts.conn} cannot start the guest: "
+            f"{exc.get_error_message()}"
+        ) from None
+    reader: _ConsoleReader | None = None
+    try:
+        stream = conn.newStream(0)
+        dom.openConsole(None, stream, 0)
+        reader = _ConsoleReader(stream)
+        reader.start()
+        started = time.monotonic()
+        dom.resume()
+        outcome, nic = BootOutcome.TIMEOUT, None
+        while time.monotonic() < started + opts.timeout:
+            found = classify(reader.snapshot())
+            if found is None and plan.network_proof and wires:
+                nic = arp.sender(wires, 0.0)
+                found = BootOutcome.NIC_UP if nic else None
+            if found is not None:
+                outcome = found
+                break
+            if not dom.isActive():
+                outcome = BootOutcome.QEMU_EXIT
+                break
+            time.sleep(0.5)
+        seconds = time.monotonic() - started
+        answers: dict[str, str | None] = {}
+        if outcome in ALIVE and plan.addresses:
+            answers = arp.probe(wires, list(plan.addresses), time.monotonic() + ADDRESS_WAIT)
+        log.info("boot check: %s after %.0f s; addresses %s", outcome, seconds, answers)
+        return BootVerdict(
+            outcome in ALIVE and None not in answers.values(),
+            outcome, seconds, accel, answers, None, tail(reader.snapshot(), 200), nic,
+        )  # fmt: skip
+    finally:
+        with contextlib.suppress(lv.libvirtError):
+            dom.destroy()
+        if reader is not None:
+            reader.join(timeout=10)
+        with contextlib.suppress(Exception):
+            stream.abort()
+
+
+def _save_console(path: Path, text: str) -> Path | None:
+    try:
+        path.write_text(text + "\n")
+    except OSError as exc:
+        log.warning("cannot save the console to %s: %s", path, exc.strerror)
+        return None
+    return path

@@ -1,0 +1,29 @@
+"""A `vmshift convert -i disk ... -o local` run in the background, for tests that interrupt it
+or inject faults at a given stage (--machine-readable prints `stage NAME SECONDS MESSAGE`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def start_convert(
+    disks: Sequence[str | Path], outdir: Path, workdir: Path, *extra: str
+) -> subprocess.Popen[str]:
+    exe = Path(sys.executable).parent / "vmshift"
+    return subprocess.Popen(
+        [str(exe), "convert", "-i", "disk", *map(str, disks), "-o", "local", "-os", str(outdir),
+         "--workdir", str(workdir), "--machine-readable", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_for_stage(proc: subprocess.Popen[str], stage: str) -> None:
+    """Read the run's progress lines until stage begins."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(f"stage {stage} "):
+            return
+    raise AssertionError(f"the run ended before stage {stage}: {proc.wait()}")
