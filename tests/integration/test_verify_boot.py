@@ -144,14 +144,15 @@ def test_a_frame_from_the_guests_nic_is_proof_of_life() -> None:
 def test_verify_boot_is_refused_up_front_where_the_output_cannot_be_booted(
     tmp_path: Path,
 ) -> None:
-    for argv, said in (
+    cases: list[tuple[list[str | Path], str]] = [
         (["-o", "qemu", "-os", tmp_path, "--verify-boot"],
          "--verify-boot works with -o local and -o libvirt, not -o qemu"),
         (["-o", "local", "-os", tmp_path, "--verify-boot-timeout", "60"],
          "--verify-boot-conn and --verify-boot-timeout need --verify-boot"),
         (["-o", "local", "-os", tmp_path, "--verify-boot", "--verify-boot-timeout", "0"],
          "--verify-boot-timeout 0: must be more than 0"),
-    ):  # fmt: skip
+    ]  # fmt: skip
+    for argv, said in cases:
         proc = vmshift(["convert", "-i", "disk", tmp_path / "absent.img", *argv])
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.splitlines()[0] == f"vmshift: error: {said}", proc.stderr
