@@ -283,7 +283,7 @@ def _resume_copy(
 
 def _boot_plan(result: ConversionResult) -> BootPlan:
     target = result.target
-    if target.domain_xml is None or not target.files:
+    if (target.domain_xml is None and target.boot_script is None) or not target.files:
         raise BootCheckError("--verify-boot: this output describes no guest vmshift can boot")
     return BootPlan(
         xml=target.domain_xml,
@@ -291,6 +291,7 @@ def _boot_plan(result: ConversionResult) -> BootPlan:
         addresses=tuple(static_addresses(result.os)),
         save_dir=target.files[0].parent,
         network_proof=result.os.type == "windows",
+        script=target.boot_script,
     )
 
 

@@ -145,8 +145,10 @@ def test_verify_boot_is_refused_up_front_where_the_output_cannot_be_booted(
     tmp_path: Path,
 ) -> None:
     cases: list[tuple[list[str | Path], str]] = [
-        (["-o", "qemu", "-os", tmp_path, "--verify-boot"],
-         "--verify-boot works with -o local and -o libvirt, not -o qemu"),
+        (["-o", "null", "--verify-boot"],
+         "--verify-boot works with -o local, -o libvirt and -o qemu, not -o null"),
+        (["-o", "qemu", "-os", tmp_path, "--verify-boot", "--verify-boot-conn", "qemu:///x"],
+         "--verify-boot-conn: -o qemu's guest boots from its script, not libvirt"),
         (["-o", "local", "-os", tmp_path, "--verify-boot-timeout", "60"],
          "--verify-boot-conn and --verify-boot-timeout need --verify-boot"),
         (["-o", "local", "-os", tmp_path, "--verify-boot", "--verify-boot-timeout", "0"],

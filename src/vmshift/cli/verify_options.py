@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--verify-boot",
         action="store_true",
         help="-o local/libvirt: boot the result from its XML (throwaway overlays, no "
-        "network) and wait for its login prompt and static addresses; exit 3 if it fails",
+        "network), -o qemu: run its script with -snapshot, and wait for the login prompt "
+        "and static addresses; exit 3 if it fails",
     )
     p.add_argument(
         "--verify-boot-conn",
@@ -46,8 +47,12 @@ def boot_options(args: argparse.Namespace, output: str) -> VerifyOptions | None:
         if args.verify_boot_conn or args.verify_boot_timeout:
             raise UsageError("--verify-boot-conn and --verify-boot-timeout need --verify-boot")
         return None
-    if output not in ("local", "libvirt"):
-        raise UsageError(f"--verify-boot works with -o local and -o libvirt, not -o {output}")
+    if output not in ("local", "libvirt", "qemu"):
+        raise UsageError(
+            f"--verify-boot works with -o local, -o libvirt and -o qemu, not -o {output}"
+        )
+    if output == "qemu" and args.verify_boot_conn:
+        raise UsageError("--verify-boot-conn: -o qemu's guest boots from its script, not libvirt")
     conn = args.verify_boot_conn
     if conn is None and output == "libvirt":
         conn = args.output_conn or LIBVIRT_DEFAULT_URI

@@ -98,6 +98,7 @@ class TargetResult:
     # The libvirt domain XML describing the guest, for targets that write one (--verify-boot
     # boots the guest from it).
     domain_xml: str | None = None
+    boot_script: Path | None = None  # -o qemu: the script that boots the guest
 
 
 class Target(Protocol):

@@ -318,7 +318,9 @@ class QemuTarget:
         self._out.done()
         if self._opts.qemu_boot:
             description = f"{script}; {self._boot(script, directory / f'{name}.pid')}"
-        return TargetResult(name=name, description=description, files=files, warnings=warnings)
+        return TargetResult(
+            name=name, description=description, files=files, warnings=warnings, boot_script=script
+        )
 
     def _cpu_model(self, vm: SourceVM, accel: str) -> tuple[bool, tuple[str, ...]]:
         model = source_cpu_model(vm)

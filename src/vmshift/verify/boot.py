@@ -15,8 +15,11 @@ import contextlib
 import dataclasses
 import logging
 import os
+import signal
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,13 +49,15 @@ class VerifyOptions:
 class BootPlan:
     """What to boot: the target's domain XML and what to expect of it."""
 
-    xml: str
+    xml: str | None  # the target's libvirt domain XML (-o local, -o libvirt)
     name: str  # the guest's name on the target
     addresses: tuple[str, ...]  # static IPv4 addresses that should come up
     save_dir: Path  # where the console goes when the guest does not come up
     # No login prompt to wait for on the serial console (Windows): a frame from the guest's
     # NIC is the proof of life instead.
     network_proof: bool = False
+    # -o qemu: the script that boots the guest, run instead of a libvirt domain.
+    script: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class BootVerdict:
     console_log: Path | None = None  # saved when the guest did not come up
     console_tail: str = ""
     nic: str | None = None  # NIC_UP: the MAC that spoke
+    unchecked: str | None = None  # why the static addresses were not asked for, if not
 
     def line(self, name: str) -> str:
         """The final line about the boot check."""
@@ -83,6 +89,8 @@ class BootVerdict:
         text = f"vmshift: {name} booted {proof} in {self.seconds:.0f} s{how}"
         if up:
             text += "; " + ", ".join(up)
+        if self.unchecked:
+            text += f"; static addresses not checked: {self.unchecked}"
         if down:
             text += "; static address not up: " + ", ".join(down)
             if self.console_log:
@@ -99,8 +107,22 @@ def static_addresses(guest: OperatingSystem) -> list[str]:
 
 
 def verify_boot(plan: BootPlan, workdir: Path, opts: VerifyOptions) -> BootVerdict:
-    """Boot the guest plan.xml describes (never writing its disks) and return the verdict."""
+    """Boot the guest plan describes (never writing its disks) and return the verdict."""
+    if plan.script is not None:
+        verdict = _boot_script(plan.script, plan, opts)
+    else:
+        verdict = _boot_domain(plan, workdir, opts)
+    if not verdict.ok:
+        saved = _save_console(plan.save_dir / f"{plan.name}.verify-console.log",
+                              verdict.console_tail)  # fmt: skip
+        verdict = dataclasses.replace(verdict, console_log=saved)
+    return verdict
+
+
+def _boot_domain(plan: BootPlan, workdir: Path, opts: VerifyOptions) -> BootVerdict:
     xml, name = plan.xml, plan.name
+    if xml is None:
+        raise BootCheckError("--verify-boot: the output describes no guest to boot")
     lv = import_libvirt(BootCheckError, "--verify-boot")
     tcg = not detect_accelerator().is_kvm
     vdir = _private_dir(workdir)
@@ -125,9 +147,6 @@ def verify_boot(plan: BootPlan, workdir: Path, opts: VerifyOptions) -> BootVerdi
             conn.close()
         for wire in wires:
             wire.sock.close()
-    if not verdict.ok:
-        saved = _save_console(plan.save_dir / f"{name}.verify-console.log", verdict.console_tail)
-        verdict = dataclasses.replace(verdict, console_log=saved)
     return verdict
 
 
@@ -153,18 +172,19 @@ def _overlay(backing: str, fmt: str, path: Path) -> Path:
 
 
 class _ConsoleReader(threading.Thread):
-    """Reads the domain's serial console (a libvirt stream) into buf until it ends."""
+    """Reads the guest's serial console into buf until it ends; read is a libvirt stream's
+    recv or a pipe's."""
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, read: Callable[[int], Any]) -> None:
         super().__init__(daemon=True, name="verify-console")
-        self.stream = stream
+        self.read = read
         self.buf = bytearray()
         self.lock = threading.Lock()
 
     def run(self) -> None:
         with contextlib.suppress(Exception):
             while True:
-                chunk = self.stream.recv(65536)
+                chunk = self.read(65536)
                 if not isinstance(chunk, bytes) or not chunk:
                     return
                 with self.lock:
@@ -197,23 +217,12 @@ def _boot(
     try:
         stream = conn.newStream(0)
         dom.openConsole(None, stream, 0)
-        reader = _ConsoleReader(stream)
+        reader = _ConsoleReader(stream.recv)
         reader.start()
         started = time.monotonic()
         dom.resume()
-        outcome, nic = BootOutcome.TIMEOUT, None
-        while time.monotonic() < started + opts.timeout:
-            found = classify(reader.snapshot())
-            if found is None and plan.network_proof and wires:
-                nic = arp.sender(wires, 0.0)
-                found = BootOutcome.NIC_UP if nic else None
-            if found is not None:
-                outcome = found
-                break
-            if not dom.isActive():
-                outcome = BootOutcome.QEMU_EXIT
-                break
-            time.sleep(0.5)
+        wires_seen = wires if plan.network_proof else []
+        outcome, nic = _watch(reader, dom.isActive, started + opts.timeout, wires_seen)
         seconds = time.monotonic() - started
         answers: dict[str, str | None] = {}
         if outcome in ALIVE and plan.addresses:
@@ -230,6 +239,54 @@ def _boot(
             reader.join(timeout=10)
         with contextlib.suppress(Exception):
             stream.abort()
+
+
+def _watch(
+    reader: _ConsoleReader, running: Callable[[], Any], deadline: float, wires: list[arp.Wire]
+) -> tuple[BootOutcome, str | None]:
+    """Wait for what the console (or, given wires, the guest's NIC) shows of the boot."""
+    while time.monotonic() < deadline:
+        found = classify(reader.snapshot())
+        nic = arp.sender(wires, 0.0) if found is None and wires else None
+        if nic is not None:
+            return BootOutcome.NIC_UP, nic
+        if found is not None:
+            return found, None
+        if not running():
+            return BootOutcome.QEMU_EXIT, None
+        time.sleep(0.5)
+    return BootOutcome.TIMEOUT, None
+
+
+def _boot_script(script: Path, plan: BootPlan, opts: VerifyOptions) -> BootVerdict:
+    """-o qemu: run the script as the user would, with -snapshot (its disks are never
+    written) in a network namespace of its own (user-mode networking reaches nothing), its
+    serial console on the pipe. The script picks KVM or TCG itself."""
+    netns = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--net"]
+    argv = [*netns, "--", str(script), "-snapshot", "-no-reboot"]
+    log.info("boot check: %s", " ".join(argv))
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    out_fd = proc.stdout.fileno()
+    reader = _ConsoleReader(lambda n: os.read(out_fd, n))
+    reader.start()
+    started = time.monotonic()
+    try:
+        outcome, _ = _watch(reader, lambda: proc.poll() is None, started + opts.timeout, [])
+        seconds = time.monotonic() - started
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+        reader.join(timeout=10)
+    console = tail(reader.snapshot(), 200)
+    if outcome is BootOutcome.QEMU_EXIT and err:
+        console += "\n[qemu stderr]\n" + err.decode(errors="replace")
+    accel = "kvm" if detect_accelerator().is_kvm else "tcg"
+    unchecked = "-o qemu's user-mode network cannot be asked" if plan.addresses else None
+    return BootVerdict(outcome is BootOutcome.LOGIN, outcome, seconds, accel,
+                       console_tail=console, unchecked=unchecked)  # fmt: skip
 
 
 def _save_console(path: Path, text: str) -> Path | None:
