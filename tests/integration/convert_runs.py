@@ -27,3 +27,16 @@ def wait_for_stage(proc: subprocess.Popen[str], stage: str) -> None:
         if line.startswith(f"stage {stage} "):
             return
     raise AssertionError(f"the run ended before stage {stage}: {proc.wait()}")
+
+
+def users_of(path: Path) -> list[str]:
+    """The command lines of live processes that name path (a leftover appliance, nbdkit ...)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(path) in text:
+            found.append(text)
+    return found

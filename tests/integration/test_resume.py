@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import vmshift
 from tests.guests.manifest import BuiltGuest
-from tests.integration.convert_runs import start_convert, wait_for_stage
+from tests.integration.convert_runs import start_convert, users_of, wait_for_stage
 from tests.integration.test_targets import CAPS, LINUX
 from vmshift import resume
 from vmshift.blockio import windows
@@ -388,15 +388,6 @@ def wait_for_windows(proc: subprocess.Popen[str], workdir: Path, disk: str) -> P
                 return journal.parent
         time.sleep(0.02)
     raise AssertionError("no window was journaled")
-
-
-def users_of(path: Path) -> list[str]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            if str(path).encode() in cmdline.read_bytes():
-                found.append(str(cmdline))
-    return found
 
 
 @pytest.mark.slow

@@ -12,21 +12,7 @@ import pytest
 
 from tests.conftest import sha256, vmshift
 from tests.guests.manifest import BuiltGuest
-from tests.integration.convert_runs import start_convert, wait_for_stage
-
-
-def _users_of(path: Path) -> list[str]:
-    """The command lines of live processes that name path (a leftover appliance, nbdkit ...)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(path) in text:
-            found.append(text)
-    return found
-
+from tests.integration.convert_runs import start_convert, users_of, wait_for_stage
 
 CASES = {
     "SIGTERM": (signal.SIGTERM, "convert", "interrupted by SIGTERM while converting linux guest"),
@@ -56,7 +42,7 @@ def test_a_signal_ends_the_run_cleanly(
     assert len(lines) == 1 and lines[0].startswith(f"vmshift: {said}"), err
     assert "vmshift: error:" not in err, err
     assert list(outdir.iterdir()) == [] and list(workdir.iterdir()) == []
-    assert _users_of(workdir) == []
+    assert users_of(workdir) == []
     assert sha256(guest.disks[0]) == before
 
 
@@ -71,7 +57,7 @@ def test_what_a_killed_run_left_is_removed_by_the_next(
     [left] = list(workdir.iterdir())  # SIGKILL cannot be cleaned up at once
     assert (left / "owner").read_text().split()[0] == str(proc.pid)
     deadline = time.monotonic() + 60
-    while _users_of(left) and time.monotonic() < deadline:
+    while users_of(left) and time.monotonic() < deadline:
         time.sleep(1)  # the appliance notices its parent is gone and powers off
     # The next run (here one that fails at once on its output directory) removes it.
     nowhere = outdir / "absent"

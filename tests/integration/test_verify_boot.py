@@ -17,10 +17,13 @@ import pytest
 from lxml import etree
 
 from tests.conftest import vmshift
+from tests.integration.convert_runs import users_of
 from tests.integration.libvirt_fixture import PrivateLibvirtd, private_libvirtd
-from tests.integration.test_targets import CAPS, MIB, NETWORKS, make_vm
+from tests.integration.test_targets import CAPS, LINUX, MIB, NETWORKS, fake_copy, make_vm
 from vmshift.formats.libvirt_xml import domain_xml
 from vmshift.model.vm import Firmware
+from vmshift.targets.base import TargetOptions
+from vmshift.targets.qemu import QemuTarget
 from vmshift.verify import arp
 from vmshift.verify.boot import BootPlan, BootVerdict, VerifyOptions, verify_boot
 from vmshift.verify.console import BootOutcome
@@ -160,3 +163,29 @@ def test_verify_boot_is_refused_up_front_where_the_output_cannot_be_booted(
         assert proc.stderr.splitlines()[0] == f"vmshift: error: {said}", proc.stderr
         assert "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_qemu_script_that_does_not_boot(tmp_path: Path) -> None:
+    """-o qemu: the script vmshift wrote runs (with -snapshot, in a network namespace of its
+    own); a blank disk gets no further than the firmware, so no login prompt in time."""
+    out = tmp_path / "out"
+    out.mkdir()
+    target = QemuTarget(TargetOptions(storage=str(out), name="blank"))
+    vm = replace(make_vm("blank", disks=1), memory=128 * MIB, removables=())
+    target.check(vm)
+    outs = target.setup(vm, [MIB])
+    fake_copy(outs[0])
+    result = target.finalize(vm, LINUX, replace(CAPS, firmware=Firmware.BIOS), outs)
+    assert result.boot_script is not None
+    disk = out / "blank-sda"
+    before = _digest(disk)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    plan = BootPlan(xml=None, name="blank", addresses=("192.0.2.99",), save_dir=out,
+                    script=result.boot_script)  # fmt: skip
+    verdict = verify_boot(plan, workdir, VerifyOptions(conn="unused", timeout=15))
+    assert not verdict.ok and verdict.outcome is BootOutcome.TIMEOUT
+    assert verdict.console_log == out / "blank.verify-console.log"
+    assert verdict.console_log.exists()
+    assert _digest(disk) == before
+    assert users_of(result.boot_script) == [], "qemu outlived the check"

@@ -109,7 +109,7 @@ def static_addresses(guest: OperatingSystem) -> list[str]:
 def verify_boot(plan: BootPlan, workdir: Path, opts: VerifyOptions) -> BootVerdict:
     """Boot the guest plan describes (never writing its disks) and return the verdict."""
     if plan.script is not None:
-        verdict = _boot_script(plan.script, plan, opts)
+        verdict = _boot_script(plan.script, plan, workdir, opts)
     else:
         verdict = _boot_domain(plan, workdir, opts)
     if not verdict.ok:
@@ -258,16 +258,19 @@ def _watch(
     return BootOutcome.TIMEOUT, None
 
 
-def _boot_script(script: Path, plan: BootPlan, opts: VerifyOptions) -> BootVerdict:
+def _boot_script(script: Path, plan: BootPlan, workdir: Path, opts: VerifyOptions) -> BootVerdict:
     """-o qemu: run the script as the user would, with -snapshot (its disks are never
     written) in a network namespace of its own (user-mode networking reaches nothing), its
     serial console on the pipe. The script picks KVM or TCG itself."""
     netns = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--net"]
     argv = [*netns, "--", str(script), "-snapshot", "-no-reboot"]
     log.info("boot check: %s", " ".join(argv))
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
-    assert proc.stdout is not None and proc.stderr is not None
+    # qemu's messages go to a file: a pipe nobody reads until the end could fill and stall it.
+    stderr_path = workdir / "verify-qemu.stderr"
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=stderr, start_new_session=True)  # fmt: skip
+    assert proc.stdout is not None and proc.stdin is not None
     out_fd = proc.stdout.fileno()
     reader = _ConsoleReader(lambda n: os.read(out_fd, n))
     reader.start()
@@ -278,11 +281,14 @@ def _boot_script(script: Path, plan: BootPlan, opts: VerifyOptions) -> BootVerdi
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        _, err = proc.communicate(timeout=30)
-        reader.join(timeout=10)
+        proc.wait(timeout=30)
+        reader.join(timeout=10)  # it reads to the end of the console
+        proc.stdin.close()
+        proc.stdout.close()
     console = tail(reader.snapshot(), 200)
+    err = stderr_path.read_text(errors="replace").strip()
     if outcome is BootOutcome.QEMU_EXIT and err:
-        console += "\n[qemu stderr]\n" + err.decode(errors="replace")
+        console += "\n[qemu stderr]\n" + err
     accel = "kvm" if detect_accelerator().is_kvm else "tcg"
     unchecked = "-o qemu's user-mode network cannot be asked" if plan.addresses else None
     return BootVerdict(outcome is BootOutcome.LOGIN, outcome, seconds, accel,
