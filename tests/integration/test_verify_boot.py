@@ -189,3 +189,9 @@ def test_a_qemu_script_that_does_not_boot(tmp_path: Path) -> None:
     assert verdict.console_log.exists()
     assert _digest(disk) == before
     assert users_of(result.boot_script) == [], "qemu outlived the check"
+    # Nothing new next to the output but the saved console (no guest-agent socket).
+    assert sorted(p.name for p in out.iterdir()) == [
+        "blank-sda",
+        "blank.sh",
+        "blank.verify-console.log",
+    ]

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -265,6 +266,7 @@ def _boot_script(script: Path, plan: BootPlan, workdir: Path, opts: VerifyOption
     netns = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--net"]
     argv = [*netns, "--", str(script), "-snapshot", "-no-reboot"]
     log.info("boot check: %s", " ".join(argv))
+    before = set(script.parent.iterdir())
     # qemu's messages go to a file: a pipe nobody reads until the end could fill and stall it.
     stderr_path = workdir / "verify-qemu.stderr"
     with stderr_path.open("wb") as stderr:
@@ -285,6 +287,7 @@ def _boot_script(script: Path, plan: BootPlan, workdir: Path, opts: VerifyOption
         reader.join(timeout=10)  # it reads to the end of the console
         proc.stdin.close()
         proc.stdout.close()
+        _remove_new_sockets(script.parent, before)
     console = tail(reader.snapshot(), 200)
     err = stderr_path.read_text(errors="replace").strip()
     if outcome is BootOutcome.QEMU_EXIT and err:
@@ -293,6 +296,15 @@ def _boot_script(script: Path, plan: BootPlan, workdir: Path, opts: VerifyOption
     unchecked = "-o qemu's user-mode network cannot be asked" if plan.addresses else None
     return BootVerdict(outcome is BootOutcome.LOGIN, outcome, seconds, accel,
                        console_tail=console, unchecked=unchecked)  # fmt: skip
+
+
+def _remove_new_sockets(directory: Path, before: set[Path]) -> None:
+    """The script's qemu binds its guest-agent socket next to the disks: the check leaves no
+    such trace in the output directory."""
+    for path in set(directory.iterdir()) - before:
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
 
 
 def _save_console(path: Path, text: str) -> Path | None:
