@@ -45,6 +45,7 @@ from vmshift.model.vm import SourceVM
 from vmshift.sources.base import RemoteSource, ReportingSource, Source
 from vmshift.targets.base import OutputDisk, Target, TargetResult
 from vmshift.verify.boot import (
+    BootCheckInterrupted,
     BootPlan,
     BootVerdict,
     VerifyOptions,
@@ -212,7 +213,10 @@ def run_conversion(
         # its output stays for the user to look at.
         if opts.verify_boot is not None:
             sink(StageEvent("verify", "booting the converted guest to check it"))
-            verdict = verify_boot(_boot_plan(result), workdir, opts.verify_boot)
+            try:
+                verdict = verify_boot(_boot_plan(result), workdir, opts.verify_boot)
+            except KeyboardInterrupt as exc:
+                raise BootCheckInterrupted(result.target.description) from exc
             result = dataclasses.replace(result, boot=verdict)
     finally:
         source.close()

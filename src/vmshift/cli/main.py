@@ -13,6 +13,7 @@ from vmshift import __version__
 from vmshift.cli.signals import GUARD
 from vmshift.errors import VmshiftError
 from vmshift.resume import KeptForResume
+from vmshift.verify.boot import BootCheckInterrupted
 
 # Subcommand name -> module under vmshift.cli that defines add_arguments(parser) and run(args).
 SUBCOMMANDS: dict[str, str] = {
@@ -85,7 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"vmshift: hint: {exc.hint}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        return _interrupted(args.verbose, kept=isinstance(exc, KeptForResume))
+        done = exc.where if isinstance(exc, BootCheckInterrupted) else None
+        return _interrupted(args.verbose, kept=isinstance(exc, KeptForResume), done=done)
     except Exception:
         # Anything else is a bug, except when a signal made it happen (a libguestfs call on
         # the appliance the signal stopped): then it is the interruption.
@@ -94,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _interrupted(args.verbose)
 
 
-def _interrupted(verbose: int, kept: bool = False) -> int:
+def _interrupted(verbose: int, kept: bool = False, done: str | None = None) -> int:
     if verbose:
         log.exception("traceback follows")
     signum = GUARD.signum or 2  # a KeyboardInterrupt without our handler: SIGINT
@@ -105,6 +107,12 @@ def _interrupted(verbose: int, kept: bool = False) -> int:
             "vmshift: the converted disks and the partial copy are kept: rerun the same command "
             "with --resume to continue, or without --resume to discard them; the source is "
             "untouched",
+            file=sys.stderr,
+        )
+    elif done is not None:  # only --verify-boot's check was cut short
+        print(
+            f"vmshift: the guest is complete on the target ({done}); only its boot check was "
+            "cut short; the source is untouched",
             file=sys.stderr,
         )
     else:

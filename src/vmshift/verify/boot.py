@@ -99,6 +99,14 @@ class BootVerdict:
         return text
 
 
+class BootCheckInterrupted(KeyboardInterrupt):
+    """A signal cut the boot check short: the guest is complete on the target all the same."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where  # the target's description of the guest
+
+
 def static_addresses(guest: OperatingSystem) -> list[str]:
     """The static IPv4 addresses the guest's kept network configuration brings up."""
     found: dict[str, None] = {}
