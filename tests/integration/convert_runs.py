@@ -9,15 +9,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def convert_argv(
+    disks: Sequence[str | Path], outdir: Path, workdir: Path, *extra: str | Path
+) -> list[str | Path]:
+    """`vmshift convert` of disks to -o local in outdir, its work directories in workdir."""
+    return ["convert", "-i", "disk", *disks, "-o", "local", "-os", outdir,
+            "--workdir", workdir, *extra]  # fmt: skip
+
+
 def start_convert(
     disks: Sequence[str | Path], outdir: Path, workdir: Path, *extra: str
 ) -> subprocess.Popen[str]:
     exe = Path(sys.executable).parent / "vmshift"
+    argv = convert_argv(disks, outdir, workdir, "--machine-readable", *extra)
     return subprocess.Popen(
-        [str(exe), "convert", "-i", "disk", *map(str, disks), "-o", "local", "-os", str(outdir),
-         "--workdir", str(workdir), "--machine-readable", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [str(exe), *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for_stage(proc: subprocess.Popen[str], stage: str) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import sha256, vmshift
 from tests.guests.safety_guests import PASSPHRASE, SafetyGuests
+from tests.integration.convert_runs import convert_argv
 
 slow = pytest.mark.slow
 
@@ -52,27 +53,11 @@ def refused(
     return proc.returncode, errors[0]
 
 
-def _convert(disk: Path, outdir: Path, workdir: Path, *extra: str | Path) -> list[str | Path]:
-    return [
-        "convert",
-        "-i",
-        "disk",
-        disk,
-        "-o",
-        "local",
-        "-os",
-        outdir,
-        "--workdir",
-        workdir,
-        *extra,
-    ]
-
-
 @slow
 def test_dirty_filesystems_are_refused_naming_each(
     guests: SafetyGuests, outdir: Path, workdir: Path
 ) -> None:
-    rc, error = refused(_convert(guests.dirty, outdir, workdir), guests.dirty, outdir)
+    rc, error = refused(convert_argv([guests.dirty], outdir, workdir), guests.dirty, outdir)
     assert rc == 1
     # /boot's damage only a full e2fsck -n sees; /'s the superblock records.
     assert "/dev/sda1 (ext4, the guest's /boot): the filesystem has errors (e2fsck -n: " in error
@@ -88,7 +73,7 @@ def test_dirty_filesystems_are_refused_naming_each(
 def test_a_full_boot_is_refused_with_the_figures(
     guests: SafetyGuests, outdir: Path, workdir: Path
 ) -> None:
-    rc, error = refused(_convert(guests.smallboot, outdir, workdir), guests.smallboot, outdir)
+    rc, error = refused(convert_argv([guests.smallboot], outdir, workdir), guests.smallboot, outdir)
     assert rc == 1
     match = re.fullmatch(
         r"vmshift: error: the guest's /boot \(/dev/sda1\) has (\d+\.\d) MiB free; converting "
@@ -103,7 +88,7 @@ def test_a_full_boot_is_refused_with_the_figures(
 def test_luks_without_a_key_is_refused_naming_the_volume(
     guests: SafetyGuests, outdir: Path, workdir: Path
 ) -> None:
-    rc, error = refused(_convert(guests.luks, outdir, workdir), guests.luks, outdir)
+    rc, error = refused(convert_argv([guests.luks], outdir, workdir), guests.luks, outdir)
     assert rc == 2
     assert error == (
         f"vmshift: error: /dev/sda2 (on {guests.luks}, UUID {guests.luks_uuid}) is "
@@ -133,8 +118,8 @@ def test_a_luks_guest_converts_with_its_key(
     before = sha256(guests.luks)
     # Keys are tried in turn: a wrong one for every volume, then the right one by UUID.
     proc = vmshift(
-        _convert(
-            guests.luks,
+        convert_argv(
+            [guests.luks],
             outdir,
             workdir,
             "--key",
@@ -164,7 +149,7 @@ def test_a_small_work_directory_is_refused_before_anything_starts(
 ) -> None:
     disk = tmp_path / "guest.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
-    rc, error = refused(_convert(disk, outdir, small_tmpfs), disk, outdir)
+    rc, error = refused(convert_argv([disk], outdir, small_tmpfs), disk, outdir)
     assert rc == 1
     assert error == (
         f"vmshift: error: {small_tmpfs}: not enough free space for the work directory: 16 MiB "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -36,24 +37,48 @@ from vmshift.targets.rhv import RhvTarget
 
 REPO = Path(__file__).parents[2]
 
-# A run stopped in the middle of its copy: check() and setup() done, half a disk written.
+# A vmshift run in another process: check() and setup(), then either stopped in the middle of
+# its copy ("copy": half a disk written, its path printed, then it sleeps), or its copy done and
+# killed with SIGKILL in finalize: at its Nth rename into place ("renameN"), or at the very end,
+# as it drops its lock ("release").
 CHILD = """
-import sys, time
-from tests.integration.test_targets import make_vm
+import json, os, signal, sys, time
+from tests.integration.test_targets import CAPS, LINUX, MIB, fake_copy, make_vm
+from vmshift import fsops
 from vmshift.targets.base import TargetOptions
+from vmshift.targets.libvirt import LibvirtTarget
 from vmshift.targets.local import LocalTarget
+from vmshift.targets.output_lock import OutputLock
 from vmshift.targets.qemu import QemuTarget
 from vmshift.targets.rhv import RhvTarget
 
-kind, storage = sys.argv[1:]
-targets = {"local": LocalTarget, "qemu": QemuTarget, "rhv": RhvTarget}
-target = targets[kind](TargetOptions(storage=storage))
-vm = make_vm()
+kind, options, disks, stop = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+targets = {"local": LocalTarget, "qemu": QemuTarget, "rhv": RhvTarget, "libvirt": LibvirtTarget}
+target = targets[kind](TargetOptions(**options))
+vm = make_vm(disks=disks)
 target.check(vm)
-outs = target.setup(vm, [1 << 20, 1 << 20])
-outs[0].path.write_bytes(b"half a disk")
-print(outs[0].path, flush=True)
-time.sleep(600)
+outs = target.setup(vm, [MIB] * disks)
+if stop == "copy":
+    outs[0].path.write_bytes(b"half a disk")
+    print(outs[0].path, flush=True)
+    time.sleep(600)
+for out in outs:
+    fake_copy(out)
+
+def killed(*args):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+renames, rename = [], fsops.rename_noreplace
+def counted(src, dst):
+    renames.append(dst)
+    if stop == f"rename{len(renames)}":
+        killed()
+    rename(src, dst)
+
+fsops.rename_noreplace = counted
+if stop == "release":
+    OutputLock.release = killed
+target.finalize(vm, LINUX, CAPS, outs)
 """
 
 
@@ -68,20 +93,42 @@ def child() -> Iterator[list[subprocess.Popen[str]]]:
         proc.wait()
 
 
-def start_run(started: list[subprocess.Popen[str]], kind: str, storage: Path) -> Path:
-    """A vmshift run in another process, stopped with a disk half copied; its temporary disk."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, kind, str(storage)],
+def run_child(
+    kind: str, options: dict[str, str], stop: str, disks: int = 2
+) -> subprocess.Popen[str]:
+    """The run of CHILD for target kind with TargetOptions(**options), to stop at stop."""
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, kind, json.dumps(options), str(disks), stop],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def start_run(started: list[subprocess.Popen[str]], kind: str, storage: Path) -> Path:
+    """A vmshift run in another process, stopped with a disk half copied; its temporary disk."""
+    proc = run_child(kind, {"storage": str(storage)}, "copy")
     started.append(proc)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line, proc.communicate()[1]
     return Path(line.strip())
+
+
+def killed_in_finalize(kind: str, options: dict[str, str], stop: str, disks: int = 2) -> int:
+    """A vmshift run in another process that kills itself (SIGKILL) in finalize; its pid."""
+    proc = run_child(kind, options, stop, disks)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, err
+    return proc.pid
+
+
+def dead_owner() -> Owner:
+    """The owner stamp of a run of this host that is gone (killed, its lock left)."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    return dataclasses.replace(Owner.this_process(), pid=dead.pid)
 
 
 def kill_9(proc: subprocess.Popen[str], *, reap: bool = True) -> None:
@@ -173,10 +220,8 @@ def test_what_a_killed_run_left_is_removed_by_the_next(
 def test_a_killed_runs_lock_alone_is_taken_over_saying_so(tmp_path: Path) -> None:
     """Killed before its copy began: only its lock is left (here a stamp of a process that
     is gone, as an older vmshift with a two-field stamp would write it)."""
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    stamp = dataclasses.replace(Owner.this_process(), pid=dead.pid)
-    (tmp_path / ".guest1.vmshift-lock").write_text(f"{stamp.pid} {stamp.started}\n")
+    dead = dead_owner()
+    (tmp_path / ".guest1.vmshift-lock").write_text(f"{dead.pid} {dead.started}\n")
     target = LocalTarget(TargetOptions(storage=str(tmp_path)))
     target.check(make_vm())
     lock = tmp_path / ".guest1.vmshift-lock"
@@ -191,9 +236,7 @@ def test_a_held_lock_is_refused_whatever_it_says(tmp_path: Path, content: str) -
     or is taking over a killed run's (still the dead stamp), has the name."""
     lock = tmp_path / ".guest1.vmshift-lock"
     if content == "dead":
-        dead = subprocess.Popen(["true"])
-        dead.wait()
-        content = dataclasses.replace(Owner.this_process(), pid=dead.pid).stamp()
+        content = dead_owner().stamp()
     lock.write_text(content)
     (tmp_path / ".guest1-sda.tmp").write_text("its copy")
     with lock.open("r+") as held:
@@ -236,7 +279,7 @@ def test_a_file_that_appears_before_its_rename_is_not_replaced(
             dst.write_text("precious")
         rename_noreplace(src, dst)
 
-    monkeypatch.setattr("vmshift.targets.local.rename_noreplace", racing)
+    monkeypatch.setattr("vmshift.fsops.rename_noreplace", racing)
     target = LocalTarget(TargetOptions(storage=str(tmp_path)))
     vm = make_vm()
     target.check(vm)
@@ -307,7 +350,8 @@ def test_the_command_says_what_it_removed_and_who_has_the_name(
 ) -> None:
     """`vmshift convert` end to end, stopped in check() (no appliance): a live run's name is
     refused in one line; a killed run's leftovers are removed and reported even when the run
-    is then refused, here by a final file the killed run had already put into place."""
+    is then refused, here by a final file that its lock does not record as that run's (so it
+    is not removed: test_killed_in_finalize.py has the files a run killed in finalize made)."""
     disk = tmp_path / "disk.img"
     with disk.open("wb") as f:
         f.truncate(MIB)
@@ -456,10 +500,9 @@ def test_libvirt_directory_pool_lock(libvirtd: PrivateLibvirtd) -> None:
 
 
 def _check_libvirt_pool_lock(libvirtd: PrivateLibvirtd, lv_pool: Any, pool_dir: Path) -> None:
-    dead = subprocess.Popen(["true"])
-    dead.wait()
+    dead = dead_owner()
     lock = pool_dir / ".conv2.vmshift-lock"
-    lock.write_text(dataclasses.replace(Owner.this_process(), pid=dead.pid).stamp())
+    lock.write_text(dead.stamp())
     (pool_dir / ".conv2-sda.tmp").write_text("half")
     opts = TargetOptions(storage=lv_pool.name(), conn=libvirtd.uri, name="conv2")
     vm = make_vm()

@@ -1,11 +1,13 @@
 """-o local -os DIR: disks as DIR/NAME-sda, DIR/NAME-sdb ... and DIR/NAME.xml for libvirt.
 
 Nothing appears under its final name until the guest is complete: disks are copied to hidden
-temporary names (DIR/.NAME-sda.tmp) and renamed, and the XML is written to a temporary name
-(DIR/.NAME.xml.XXXXXXXX.tmp) and renamed last, so a DIR/NAME.xml always describes disks that
-are all there. Existing files are never overwritten: check() refuses a name whose files exist,
-and every rename into place is fsops.rename_noreplace, so a file that appears meanwhile is not
-replaced either (the run fails and abort() removes its own files).
+temporary names (DIR/.NAME-sda.tmp), the XML is written to a temporary name
+(DIR/.NAME.xml.XXXXXXXX.tmp), and only then are they renamed, the XML last, so a DIR/NAME.xml
+always describes disks that are all there. Existing files are never overwritten: check()
+refuses a name whose files exist, and every rename into place is fsops.rename_noreplace, so a
+file that appears meanwhile is not replaced either (the run fails and abort() removes its own
+files). The renames are recorded in the lock first (output_lock.py): a run killed among them
+leaves final files that the next run for the name removes, saying so.
 
 One run per name: check() takes DIR/.NAME.vmshift-lock (output_lock.py) before looking at the
 names, and holds it to the end of finalize() or abort(). Another live run's lock is refused
@@ -24,9 +26,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from vmshift import fsops
 from vmshift.errors import TargetError
 from vmshift.formats.libvirt_xml import domain_xml
-from vmshift.fsops import rename_noreplace
 from vmshift.model.caps import GuestCaps
 from vmshift.model.devnames import drive_letters
 from vmshift.model.inspection import OperatingSystem
@@ -96,23 +98,34 @@ def refuse_to_overwrite(path: Path) -> TargetError:
     )
 
 
-def write_file_atomically(
+def put_into_place(src: Path, dst: Path) -> None:
+    """Rename src to dst, never replacing what is there (fsops.rename_noreplace)."""
+    try:
+        fsops.rename_noreplace(src, dst)
+    except FileExistsError:
+        raise refuse_to_overwrite(dst) from None
+    except OSError as exc:
+        raise TargetError(f"{dst}: cannot put into place: {exc.strerror or exc}") from exc
+
+
+def write_temporary(
     path: Path,
     text: str,
     mode: int = 0o644,
     check: Callable[[Path], None] | None = None,
     *,
     copy_of: Path | None = None,
-) -> None:
+) -> Path:
     """Write text (or a copy of the file copy_of) to a hidden temporary name in path's
-    directory, .NAME.XXXXXXXX.tmp, then rename it into place, never replacing a file.
+    directory, .NAME.XXXXXXXX.tmp, for put_into_place to rename to path; return it.
 
-    check runs on the temporary file first: a file that fails it never gets its final name.
+    check runs on the temporary file: a file that fails it never gets its final name.
     """
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise TargetError(f"{path}: cannot write: {exc.strerror}") from exc
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             if copy_of is not None:
@@ -120,17 +133,16 @@ def write_file_atomically(
                     shutil.copyfileobj(src, f.buffer)
             else:
                 f.write(text)
-        Path(tmp).chmod(mode)
+        tmp.chmod(mode)
         if check is not None:
-            check(Path(tmp))
-        rename_noreplace(Path(tmp), path)
-    except FileExistsError:
-        raise refuse_to_overwrite(path) from None
+            check(tmp)
     except OSError as exc:
+        tmp.unlink(missing_ok=True)
         raise TargetError(f"{path}: cannot write: {exc.strerror}") from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            Path(tmp).unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # check refused it, or a signal
+        raise
+    return tmp
 
 
 class OutputDirectory:
@@ -143,6 +155,7 @@ class OutputDirectory:
         self.name = ""
         self._lock: OutputLock | None = None
         self._temps: list[Path] = []
+        self._staged: list[tuple[Path, Path]] = []  # (temporary, final) of files besides disks
         self._made: list[Path] = []  # final files this run created; abort removes them
 
     @property
@@ -152,7 +165,7 @@ class OutputDirectory:
 
     def check(self, vm: SourceVM, extra_files: Sequence[str]) -> None:
         """extra_files: the target's files besides the disks (NAME.xml ...), written with
-        write() or copy()."""
+        stage()."""
         if not self._opts.storage:
             raise TargetError(f"{self._option} needs -os DIR, the directory to write the guest to")
         check_format_options(self._opts)
@@ -204,51 +217,50 @@ class OutputDirectory:
             )
         return outs
 
-    def commit_disks(self, disks: list[OutputDisk]) -> list[Path]:
-        """Rename each copied disk to its final name, never replacing a file; return the final
-        paths."""
+    def stage(
+        self,
+        file: str,
+        text: str = "",
+        mode: int = 0o644,
+        check: Callable[[Path], None] | None = None,
+        *,
+        copy_of: Path | None = None,
+    ) -> Path:
+        """Write file (text, or a copy of copy_of) under a temporary name, checked by check,
+        for commit() to put into place; return its final path."""
+        path = self.dir / file
+        tmp = write_temporary(path, text, mode, check, copy_of=copy_of)
+        self._temps.append(tmp)
+        self._staged.append((tmp, path))
+        return path
+
+    def commit(self, disks: list[OutputDisk]) -> list[Path]:
+        """The guest is complete: record in the lock, then rename into place, the copied disks
+        and then the staged files in the order staged, never replacing a file; drop the lock.
+        Return the disks' final paths."""
         for disk in disks:
             if not disk.path.exists():
                 raise TargetError(f"{disk.path}: the copied disk is missing")
-            if disk.final_path.exists() or disk.final_path.is_symlink():
-                raise refuse_to_overwrite(disk.final_path)  # before renaming any
-        finals = []
-        for disk in disks:
-            try:
-                rename_noreplace(disk.path, disk.final_path)
-            except FileExistsError:
-                raise refuse_to_overwrite(disk.final_path) from None
-            except OSError as exc:
-                raise TargetError(f"{disk.final_path}: cannot rename into place: {exc}") from exc
-            self._made.append(disk.final_path)
-            finals.append(disk.final_path)
-        return finals
-
-    def write(
-        self, file: str, text: str, mode: int = 0o644, check: Callable[[Path], None] | None = None
-    ) -> Path:
-        path = self.dir / file
-        write_file_atomically(path, text, mode, check)
-        self._made.append(path)
-        return path
-
-    def copy(self, file: str, source: Path, mode: int = 0o644) -> Path:
-        """Copy source in as file, through a temporary name like write()."""
-        path = self.dir / file
-        write_file_atomically(path, "", mode, copy_of=source)
-        self._made.append(path)
-        return path
-
-    def done(self) -> None:
-        """The guest is complete: drop the lock (the end of the target's finalize)."""
+        moves = [*((d.path, d.final_path) for d in disks), *self._staged]
+        for _, dst in moves:
+            if dst.exists() or dst.is_symlink():
+                raise refuse_to_overwrite(dst)  # before renaming any
+        if self._lock is not None:
+            self._lock.record_finals(moves)
+        for src, dst in moves:
+            put_into_place(src, dst)
+            self._made.append(dst)
+        self._staged.clear()
         if self._lock is not None:
             self._lock.release()
+        return [d.final_path for d in disks]
 
     def abort(self) -> None:
         for path in [*self._temps, *reversed(self._made)]:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         self._temps.clear()
+        self._staged.clear()
         self._made.clear()
         if self._lock is not None:
             self._lock.release()  # last: the name is free once nothing of this run is left
@@ -296,14 +308,13 @@ class LocalTarget:
     def finalize(
         self, vm: SourceVM, os: OperatingSystem, caps: GuestCaps, disks: list[OutputDisk]
     ) -> TargetResult:
-        finals = self._out.commit_disks(disks)
         name = self._out.name
         kind = domain_type(self._opts)
         cpu_model, secure_boot, warnings = local_platform(vm, caps, kind)
         xml = domain_xml(
             vm,
             caps,
-            [(p.absolute(), d.format) for p, d in zip(finals, disks, strict=True)],
+            [(d.final_path.absolute(), d.format) for d in disks],
             name=name,
             networks=self._opts.networks,
             domain_type=kind,
@@ -312,8 +323,8 @@ class LocalTarget:
             secure_boot=secure_boot,
         )
         # Validated under its temporary name: an invalid XML must never look finished.
-        xml_path = self._out.write(f"{name}.xml", xml, check=validate_domain_xml)
-        self._out.done()
+        xml_path = self._out.stage(f"{name}.xml", xml, check=validate_domain_xml)
+        finals = self._out.commit(disks)
         return TargetResult(
             name=name,
             description=f"{xml_path} (define it with: virsh define {xml_path})",

@@ -22,6 +22,29 @@ is refused, never swept. Final files are checked by the target while it holds th
 into place with fsops.rename_noreplace: a name taken meanwhile is never replaced. The lock file
 is close-on-exec, so helpers such as qemu-img never hold it for a run that died.
 
+A run killed inside finalize() may have put some outputs into place already (NAME-sda but not
+NAME.xml; for -o libvirt a volume and maybe the domain; for -o rhv image directories but not
+the VM's). So before its first rename, finalize() records in its lock, after the stamp, what it
+is about to make (`record_finals`, one call in each target), fsync'ed:
+
+    1234 98765 BOOT_ID pid:[4026531836] host              the owner stamp (line 1)
+    {"file": "NAME-sda", "inode": 131075}                 a file renamed into place
+    {"dir": "images/IMAGE_UUID", "inode": 131090}         a directory renamed into place (-o rhv)
+    {"domain": "NAME", "uuid": "UUID", "uri": "qemu:///system"}   a guest defined (-o libvirt)
+    {"end": 3}                                            the record is complete
+
+Paths are relative to the lock's directory (an RHV export domain is mounted elsewhere by each
+run); an inode is that of the temporary that the rename gives the final name. A successful run
+unlinks its lock, record and all. A dead run's complete record is a run that never finished:
+the sweep removes what it names first (the last one first), one line each ("... that was
+killed while finishing"), but only what is provably that run's: a regular file, or a directory,
+with the recorded inode, reached through real directories (no symlinks followed), or an empty
+directory (fsops' fallback had just made it); a domain only through the target (undefine), which
+removes it only if it has the recorded UUID on this run's URI and is not running. Anything
+else under a recorded name is left for the target's check to refuse as existing. A record with
+no "end" line was cut short before any rename: ignored. "alive" and "unknown" owners are refused
+before any of this.
+
 A temporary disk kept for a resume (an interrupted copy, resume.py) is claimed by a file next to
 it, `.NAME-sda.tmp.vmshift-resume`, naming the resume state in the run's work directory: while
 that state exists, neither the sweep nor the leftover check touches the disk. A claim whose
@@ -32,11 +55,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
-from collections.abc import Sequence
-from pathlib import Path
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 from vmshift.errors import TargetError
 from vmshift.process import Owner
@@ -65,22 +91,48 @@ def claimed(temporary: Path) -> bool:
 def temporary_names(name: str, files: Sequence[str] = (), dirs: Sequence[str] = ()) -> str:
     """A regular expression of the hidden names a run converting to name writes before its
     finalize renames them: .NAME-sdX.tmp disks (the copier's), .FILE.XXXXXXXX.tmp for each of
-    files (write_file_atomically's), and the dirs as they are."""
+    files (local.write_temporary's), and the dirs as they are."""
     parts = [rf"\.{re.escape(name)}-sd[a-z]+\.tmp"]
     parts += [rf"\.{re.escape(f)}\.[a-z0-9_]{{8}}\.tmp" for f in files]
     parts += [re.escape(d) for d in dirs]
     return "|".join(parts)
 
 
-class OutputLock:
-    """The lock on one output name in directory; where names the output in messages."""
+@dataclass(frozen=True)
+class Final:
+    """One entry of a finishing run's record: a "file" or "dir" (name: its path relative to the
+    lock's directory; inode: its temporary's), or a libvirt "domain" (name, uuid, uri)."""
 
-    def __init__(self, directory: Path, name: str, temporaries: str, where: str = "") -> None:
+    kind: str
+    name: str
+    inode: int = 0
+    uuid: str = ""
+    uri: str = ""
+
+
+# Undefines a dead run's domain (name, uuid, uri) if it is provably that run's; True if it did.
+Undefine = Callable[[str, str, str], bool]
+
+
+class OutputLock:
+    """The lock on one output name in directory; where names the output in messages; undefine
+    is the target's way of removing a domain a dead run recorded (-o libvirt)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        name: str,
+        temporaries: str,
+        where: str = "",
+        undefine: Undefine | None = None,
+    ) -> None:
         self.directory = directory
         self.path = directory / f".{name}{SUFFIX}"
         self._temporaries = re.compile(temporaries)
         self._where = where or str(directory / name)
+        self._undefine = undefine
         self._fd: int | None = None
+        self._stamp_size = 0
         self.swept: list[str] = []  # what a dead run left and acquire() removed, one line each
 
     def acquire(self) -> None:
@@ -98,14 +150,44 @@ class OutputLock:
                     os.close(fd)
                     continue
                 self._refuse_leftovers(fd)
+                stamp = Owner.this_process().stamp().encode()
                 os.ftruncate(fd, 0)
-                os.pwrite(fd, Owner.this_process().stamp().encode(), 0)
+                os.pwrite(fd, stamp, 0)
+                self._stamp_size = len(stamp)
             except BaseException:
                 os.close(fd)
                 raise
             self._fd = fd
             return
         raise TargetError(f"{self.path}: the lock keeps changing hands; try again")
+
+    def record_finals(
+        self, moves: Sequence[tuple[Path, Path]], domain: tuple[str, str, str] | None = None
+    ) -> None:
+        """finalize() is about to rename each (temporary, final) of moves into place, in this
+        order, and then to define domain (name, uuid, uri): say so in the lock, durably, before
+        the first rename, for the next run to undo if this one is killed before it finishes."""
+        if self._fd is None:
+            raise TargetError(f"{self.path}: finalize() without the lock (check() not called)")
+        lines: list[dict[str, object]] = []
+        for temporary, final in moves:
+            try:
+                st = temporary.lstat()
+            except OSError as exc:
+                raise TargetError(f"{temporary}: cannot put into place: {exc.strerror}") from exc
+            kind = "dir" if stat.S_ISDIR(st.st_mode) else "file"
+            lines.append({kind: final.relative_to(self.directory).as_posix(), "inode": st.st_ino})
+        if domain is not None:
+            name, uuid, uri = domain
+            lines.append({"domain": name, "uuid": uuid, "uri": uri})
+        lines.append({"end": len(lines)})
+        text = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        try:
+            os.ftruncate(self._fd, self._stamp_size)  # the stamp stays whatever happens
+            os.pwrite(self._fd, text, self._stamp_size)
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise TargetError(f"{self.path}: cannot write: {exc.strerror}") from exc
 
     def release(self) -> None:
         """Remove the lock: at the end of finalize, and in abort."""
@@ -127,7 +209,7 @@ class OutputLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                text = _read(fd)
+                text = _read(fd).partition("\n")[0]
                 os.close(fd)
                 raise self._busy(text) from None
             except OSError as exc:
@@ -155,7 +237,7 @@ class OutputLock:
     def _sweep(self, previous: str) -> None:
         """The lock was free but holds a stamp: judge its owner, remove what a dead one left."""
         try:
-            owner = Owner.parse(previous)
+            owner = Owner.parse(previous.partition("\n")[0])
         except ValueError:
             raise TargetError(
                 f"{self.path}: not a lock vmshift can read",
@@ -171,22 +253,80 @@ class OutputLock:
                 f"{self._where}: another vmshift run ({owner}) may be converting to this name",
                 hint=f"if it is not running any more, remove {self.path}",
             )
+        for final in reversed(self._record(previous)):  # what looks complete goes first
+            self._remove_final(final, owner.pid)
         for path in self._leftovers():
-            try:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise TargetError(
-                    f"{path}: cannot remove what run {owner.pid} left: {exc.strerror}",
-                    hint="remove it by hand",
-                ) from exc
-            self.swept.append(f"removed {path}: left by run {owner.pid} that was killed")
+            self._remove(path, owner.pid)
         # acquire() unlinks the lock itself: it holds it
         self.swept.append(f"removed {self.path}: left by run {owner.pid} that was killed")
+
+    def _record(self, text: str) -> list[Final]:
+        """The finals a complete record after the stamp names; [] if there is none (or it was
+        cut short: then no rename had started)."""
+        lines = [line for line in text.splitlines()[1:] if line.strip()]
+        try:
+            end = json.loads(lines[-1]) if lines else None
+        except ValueError:
+            return []
+        if not isinstance(end, dict) or end.get("end") != len(lines) - 1:
+            return []
+        try:
+            return [_final(json.loads(line)) for line in lines[:-1]]
+        except (ValueError, KeyError, TypeError):
+            raise TargetError(
+                f"{self.path}: not a lock vmshift can read (its record of final outputs)",
+                hint="if no vmshift is converting to this name, remove it and the outputs "
+                "of that name by hand",
+            ) from None
+
+    def _remove(self, path: Path, pid: int, when: str = "") -> None:
+        """Remove path that run pid left (a directory with all it holds, never through a
+        symlink), saying so."""
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise TargetError(
+                f"{path}: cannot remove what run {pid} left: {exc.strerror}",
+                hint="remove it by hand",
+            ) from exc
+        self.swept.append(f"removed {path}: left by run {pid} that was killed{when}")
+
+    def _remove_final(self, final: Final, pid: int) -> None:
+        if final.kind == "domain":
+            if self._undefine is None:
+                raise TargetError(
+                    f"{self.path}: run {pid} was killed while defining guest {final.name} on "
+                    f"{final.uri}",
+                    hint=f"undefine that guest if it is half made, then remove {self.path}",
+                )
+            if self._undefine(final.name, final.uuid, final.uri):
+                self.swept.append(
+                    f"removed guest {final.name} from {final.uri}: left by run {pid} that was "
+                    "killed while finishing"
+                )
+            return
+        path = self._inside(PurePosixPath(final.name))
+        if path is not None and _made(path, final):
+            self._remove(path, pid, " while finishing")
+        # else not what that run made (or not there): the target's check refuses it if there
+
+    def _inside(self, name: PurePosixPath) -> Path | None:
+        """directory/name if every directory on the way is a real one (no symlink), else
+        None."""
+        path = self.directory
+        for part in name.parts[:-1]:
+            path = path / part
+            try:
+                if not stat.S_ISDIR(path.lstat().st_mode):
+                    return None
+            except OSError:
+                return None
+        return path / name.name
 
     def _refuse_leftovers(self, fd: int) -> None:
         left = self._leftovers()
@@ -217,8 +357,40 @@ class OutputLock:
                 self.path.unlink()
 
 
+def _final(item: object) -> Final:
+    """An entry of a record, checked: a path that stays inside the lock's directory."""
+    if not isinstance(item, dict):
+        raise TypeError("not an object")
+    if "domain" in item:
+        name, uuid, uri = item["domain"], item["uuid"], item["uri"]
+        if not all(isinstance(f, str) and f for f in (name, uuid, uri)):
+            raise ValueError("a domain needs a name, a uuid and a uri")
+        return Final("domain", name, uuid=uuid, uri=uri)
+    (kind,) = {"file", "dir"} & item.keys()
+    name, inode = item[kind], item["inode"]
+    if not isinstance(name, str) or not isinstance(inode, int):
+        raise TypeError("a path and an inode")
+    path = PurePosixPath(name)
+    if not name or path.is_absolute() or ".." in path.parts or path.name in ("", "."):
+        raise ValueError(f"{name!r}: not a path inside the lock's directory")
+    return Final(kind, name, inode)
+
+
+def _made(path: Path, final: Final) -> bool:
+    """path is what the run that recorded final put there: the same kind, the same inode (or an
+    empty directory: fsops' fallback had made the name, not yet renamed onto it)."""
+    try:
+        st = path.lstat()
+        if final.kind == "file":
+            return stat.S_ISREG(st.st_mode) and st.st_ino == final.inode
+        return stat.S_ISDIR(st.st_mode) and (st.st_ino == final.inode or not any(path.iterdir()))
+    except OSError:
+        return False
+
+
 def _read(fd: int) -> str:
-    return os.pread(fd, 4096, 0).decode(errors="replace")
+    """The lock's content: the stamp, and a finishing run's record (a few lines per output)."""
+    return os.pread(fd, 1 << 20, 0).decode(errors="replace")
 
 
 def _same_file(fd: int, path: Path) -> bool:

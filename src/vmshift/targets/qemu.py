@@ -297,13 +297,12 @@ class QemuTarget:
                     hint="install ovmf (Debian) or edk2-ovmf",
                 )
             code, template = found
-            varstore = self._out.copy(f"{name}-VARS.fd", template).absolute()
+            varstore = self._out.stage(f"{name}-VARS.fd", copy_of=template).absolute()
             uefi = (code, varstore)
-        finals = self._out.commit_disks(disks)
         script_text = qemu_script(
             vm,
             caps,
-            [(p.absolute(), d.format) for p, d in zip(finals, disks, strict=True)],
+            [(d.final_path.absolute(), d.format) for d in disks],
             name=name,
             accel=accel,
             directory=directory,
@@ -312,10 +311,10 @@ class QemuTarget:
             cpu_model=cpu_model,
             secure_boot=secure_boot,
         )
-        script = self._out.write(f"{name}.sh", script_text, mode=0o755, check=check_script)
+        script = self._out.stage(f"{name}.sh", script_text, mode=0o755, check=check_script)
+        finals = self._out.commit(disks)  # the script last: it is what looks finished
         files = (*finals, script, *([uefi[1]] if uefi else []))
         description = f"{script} (run it to boot the guest)"
-        self._out.done()
         if self._opts.qemu_boot:
             description = f"{script}; {self._boot(script, directory / f'{name}.pid')}"
         return TargetResult(
