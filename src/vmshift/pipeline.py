@@ -5,8 +5,8 @@
 The source is only ever read; every guest change lands in a qcow2 overlay in a private work
 directory that is removed at the end, success or not. Targets check their options before the
 slow work starts, and on any failure (or Ctrl-C) remove everything they made, except that a
-signal during the copy keeps the work directory and the partial outputs for --resume
-(resume.py; `_resume_copy` continues such a copy).
+signal during the copy, or a remote source lost during it, keeps the work directory and the
+partial outputs for --resume (resume.py; `_resume_copy` continues such a copy).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from vmshift.verify.boot import (
     static_addresses,
     verify_boot,
 )
-from vmshift.workdir import RESUMABLE, make_workdir, sweep_dead_runs
+from vmshift.workdir import make_workdir, sweep_dead_runs
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class RunOptions:
     # --no-verify-copy makes this False: each copy is compared with its overlay by default.
     verify_copy: bool = True
     # What identifies this conversion for --resume (cli/convert_cmd.py); None: a copy
-    # interrupted by a signal is not kept for a resume.
+    # interrupted by a signal (or a remote source lost in it) is not kept for a resume.
     resume_key: str | None = None
     resume: bool = False  # --resume: continue this conversion's interrupted copy, if kept
     # Whether a signal came: a copy that failed because of one is kept for a resume.
@@ -174,7 +174,14 @@ def run_conversion(
         if isinstance(source, ReportingSource):
             source.report_to(sink)
         # A resume converts nothing: the overlays hold the converted disks.
-        vm = kept.vm if kept is not None else _overridden(source.open(workdir), opts)
+        try:
+            if kept is not None:
+                vm = resume.reopen(kept, source)
+            else:
+                vm = _overridden(source.open(workdir), opts)
+        except resume.KeptSourceError:
+            keep = True  # the source cannot be reached yet: the kept copy stays
+            raise
         for warning in vm.warnings:
             sink(WarningEvent(warning))
         # Everything that can be refused quickly is refused before the slow work.
@@ -184,25 +191,27 @@ def run_conversion(
             for removed in getattr(target, "swept", ()):
                 sink(WarningEvent(removed))
         try:
-            remote = isinstance(source, RemoteSource)
+            remote = vm.read_remotely
             if kept is not None:
-                result = _resume_copy(kept, target, opts, sink)
+                result = _resume_copy(kept, target, opts, sink, remote=remote)
             else:
-                result = _convert_and_copy(vm, target, workdir, opts, sink, remote=remote)
+                result = _convert_and_copy(vm, target, source, workdir, opts, sink=sink)
         except KeyboardInterrupt as exc:
-            keep = _keep_for_resume(workdir, target)
+            keep = resume.keep_outputs(workdir, target)
             if keep:
                 raise resume.KeptForResume(workdir) from exc
             target.abort()
             raise
         except Exception as exc:
-            keep = opts.interrupted() and _keep_for_resume(workdir, target)
-            if keep:
-                raise resume.KeptForResume(workdir) from exc
-            target.abort()
             # A remote source that stopped answering makes the appliance or the copy fail in
             # its own words (I/O errors, "no operating system"): say what really happened.
+            # In the copy, that keeps it for a resume as a signal does.
             lost = source.lost() if isinstance(source, RemoteSource) else None
+            signalled = opts.interrupted()
+            keep = (signalled or lost is not None) and resume.keep_outputs(workdir, target)
+            if keep:
+                raise resume.kept(workdir, None if signalled else lost) from exc
+            target.abort()
             if lost is not None:
                 raise lost from exc
             raise
@@ -230,25 +239,6 @@ def run_conversion(
     return result
 
 
-def _keep_for_resume(workdir: Path, target: Target) -> bool:
-    """A signal interrupted the run: if it was copying with a resume state written, the target
-    keeps its temporary outputs; True if the state is kept."""
-    keep = getattr(target, "keep_for_resume", None)
-    if keep is None or not (workdir / RESUMABLE).exists():
-        return False
-    keep()
-    return True
-
-
-def _resumable(vm: SourceVM, target: Target, opts: RunOptions, remote: bool) -> bool:
-    """A copy can be resumed when the overlays' backing files are local files (a remote
-    source's are the sockets of this run's nbdkit) and the target can keep its outputs."""
-    local = all(d.endpoint.is_local for d in vm.disks)
-    return (
-        opts.resume_key is not None and not remote and local and hasattr(target, "keep_for_resume")
-    )
-
-
 def _copy_jobs(
     vm: SourceVM, overlays: Sequence[Overlay], outputs: Sequence[OutputDisk], opts: RunOptions,
     verify: bool,
@@ -261,10 +251,15 @@ def _copy_jobs(
 
 
 def _resume_copy(
-    state: resume.ResumeState, target: Target, opts: RunOptions, sink: EventSink
+    state: resume.ResumeState, target: Target, opts: RunOptions, sink: EventSink, *, remote: bool
 ) -> ConversionResult:
     """Continue a kept copy: the outputs the target names again, the journal's windows checked,
-    the rest copied, then finalize."""
+    the rest copied, then finalize.
+
+    The journal is never trusted alone: its windows are compared with the overlays, also for a
+    remote source, whose blocks the overlay does not hold are then fetched once more (the
+    journaled part only, where verifying would fetch the whole disk again). The rest is copied
+    and, as in any run from a remote source, not verified."""
     vm = state.vm
     outputs = target.setup(vm, [o.virtual_size for o in state.overlays])
     if [o.path for o in outputs] != [o.path for o in state.outputs]:
@@ -272,7 +267,7 @@ def _resume_copy(
             "--resume: the outputs are not where the interrupted copy wrote them",
             hint="run the conversion again without --resume",
         )
-    verify = opts.verify_copy
+    verify = opts.verify_copy and not remote
     then = ", then comparing each copy with its disk" if verify else " (not verified)"
     sink(StageEvent("copy", f"resuming the copy of the disks{then}"))
     jobs = _copy_jobs(vm, state.overlays, outputs, opts, verify)
@@ -293,7 +288,7 @@ def _boot_plan(result: ConversionResult) -> BootPlan:
         xml=target.domain_xml,
         name=target.name,
         addresses=tuple(static_addresses(result.os)),
-        save_dir=target.files[0].parent,
+        save_dir=target.console_dir or target.files[0].parent,
         network_proof=result.os.type == "windows",
         script=target.boot_script,
     )
@@ -308,15 +303,11 @@ def _overridden(vm: SourceVM, opts: RunOptions) -> SourceVM:
 
 
 def _convert_and_copy(
-    vm: SourceVM,
-    target: Target,
-    workdir: Path,
-    opts: RunOptions,
+    vm: SourceVM, target: Target, source: Source, workdir: Path, opts: RunOptions, *,
     sink: EventSink,
-    *,
-    remote: bool = False,
-) -> ConversionResult:
-    if any(not d.endpoint.is_local for d in vm.disks):
+) -> ConversionResult:  # fmt: skip
+    remote = vm.read_remotely
+    if remote:
         # A disk read over the network leaves what the appliance reads in its overlay.
         check_workdir_space(workdir.parent, remote=True)
     overlays: list[Overlay] = [
@@ -358,14 +349,14 @@ def _convert_and_copy(
         sink(StageEvent("copy", f"copying disks (not verified: {why})"))
     jobs = _copy_jobs(vm, overlays, outputs, opts, verify)
     journal = None
-    if _resumable(vm, target, opts, remote):
+    files = [_label(d.endpoint.uri) for d in vm.disks]
+    facts = resume.facts(source, vm, target, files) if opts.resume_key is not None else None
+    if facts is not None:
         # Written before the first byte is copied: a run killed now leaves a resumable copy.
-        files = [_label(d.endpoint.uri) for d in vm.disks]
         assert opts.resume_key is not None
         journal = Journal(workdir / JOURNAL)
         resume.save(resume.ResumeState(
-            workdir, opts.resume_key, vm, guest_os, caps, tuple(overlays), tuple(outputs),
-            resume.source_files(files),
+            workdir, opts.resume_key, vm, guest_os, caps, tuple(overlays), tuple(outputs), *facts
         ))  # fmt: skip
     copy_disks(jobs, sink, journal)
     resume.forget(workdir)  # from here an interruption removes everything again

@@ -13,9 +13,25 @@ When the copy starts, the pipeline writes a resume state into the run's work dir
 
 It is written before the first byte is copied, so a run killed with SIGKILL during the copy
 leaves it too. A run interrupted by a signal keeps it (the work directory and the temporary
-outputs stay); any other end of the run removes it with the work directory. sweep_dead_runs
-leaves resumable directories alone. The next run of the same conversion (the same key) either
-resumes it (--resume) or discards it, saying so.
+outputs stay), and so does a run whose remote source stopped answering during the copy
+(KeptSourceError); any other end of the run removes it with the work directory.
+sweep_dead_runs leaves resumable directories alone. The next run of the same conversion (the
+same key) either resumes it (--resume) or discards it, saying so.
+
+What a resume checks the source by (`facts`):
+- local files behind the overlays: their size and mtime (`sources`);
+- a remote source's NBD exports (vSphere, -it ssh: nbdkit on unix sockets in the work
+  directory): the --resume opens the source again on the kept work directory, which serves the
+  disks on the same socket paths, so the overlays' backing names resolve again (`reopen`); the
+  endpoints must be the same, and so must the source's identity() (the VM's UUID, its
+  configuration stamp, its disk files' sizes and modification times) recorded in `remote`. A
+  source that cannot be reached keeps the state for a later --resume. A source that cannot
+  serve its disks again as they were (a vSphere disk downloaded through an export lease) makes
+  the copy not resumable.
+
+Targets keep what they wrote through keep_for_resume(); one with `resumable` False (-o libvirt
+with a pool of block devices: its volumes are made through libvirt, not temporaries a claim
+can keep) is not resumable.
 
 The key is the CLI's: a digest of the options that decide the result (cli/convert_cmd.py), so
 "the same command" is what the user would call it, whatever the order of the options. The
@@ -40,11 +56,12 @@ from pathlib import Path
 from vmshift.blockio.overlay import Overlay
 from vmshift.blockio.progress import EventSink, WarningEvent
 from vmshift.blockio.windows import JOURNAL
-from vmshift.errors import ConversionError
+from vmshift.errors import ConversionError, SourceError
 from vmshift.model.caps import GuestCaps
 from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import SourceVM
 from vmshift.process import Owner
+from vmshift.sources.base import ReopenableSource, Source
 from vmshift.targets.base import OutputDisk
 from vmshift.targets.output_lock import CLAIM_SUFFIX, claim
 from vmshift.workdir import OWNER, PREFIX, RESUMABLE
@@ -52,7 +69,7 @@ from vmshift.workdir import OWNER, PREFIX, RESUMABLE
 log = logging.getLogger(__name__)
 
 FACTS = "resume.pickle"
-VERSION = 1
+VERSION = 2  # 2: a remote source's identity
 
 
 class KeptForResume(KeyboardInterrupt):
@@ -60,6 +77,15 @@ class KeptForResume(KeyboardInterrupt):
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(str(workdir))
+        self.workdir = workdir
+
+
+class KeptSourceError(SourceError):
+    """The remote source stopped answering during the copy (or cannot be reached to continue
+    one), and what a --resume needs was kept in workdir."""
+
+    def __init__(self, lost: SourceError, workdir: Path) -> None:
+        super().__init__(lost.message, hint=lost.hint)
         self.workdir = workdir
 
 
@@ -77,6 +103,7 @@ class ResumeState:
     overlays: tuple[Overlay, ...]
     outputs: tuple[OutputDisk, ...]
     sources: tuple[tuple[str, int, int], ...]  # (file, size, mtime_ns) behind the overlays
+    remote: tuple[str, ...] | None = None  # a remote source's identity(): reopened to resume
 
     @property
     def journal(self) -> Path:
@@ -106,6 +133,7 @@ def save(state: ResumeState) -> None:
         "overlays": [str(o.path) for o in state.overlays],
         "outputs": [str(o.path) for o in state.outputs],
         "sources": [list(s) for s in state.sources],
+        "remote": list(state.remote) if state.remote is not None else None,
     }
     fd, tmp = tempfile.mkstemp(prefix=".resume.", dir=workdir)
     with os.fdopen(fd, "w") as f:
@@ -133,9 +161,11 @@ def load(workdir: Path) -> ResumeState:
                 f
             )  # our own file, in a 0700 directory
         sources = tuple((str(s[0]), int(s[1]), int(s[2])) for s in doc["sources"])
+        remote = doc.get("remote")
         return ResumeState(
-            workdir, str(doc["key"]), vm, guest_os, caps, tuple(overlays), tuple(outputs), sources
-        )
+            workdir, str(doc["key"]), vm, guest_os, caps, tuple(overlays), tuple(outputs),
+            sources, tuple(str(r) for r in remote) if remote is not None else None,
+        )  # fmt: skip
     except ResumeStateError:
         raise
     except Exception as exc:  # any damage: unusable, never a crash
@@ -217,6 +247,76 @@ def changed_sources(state: ResumeState) -> list[str]:
         if (st.st_size, st.st_mtime_ns) != (size, mtime):
             changed.append(name)
     return changed
+
+
+def facts(
+    source: Source, vm: SourceVM, target: object, files: Sequence[str]
+) -> tuple[tuple[tuple[str, int, int], ...], tuple[str, ...] | None] | None:
+    """What a resume of this copy checks the source by, (sources, remote) of the ResumeState
+    (module docstring); None if the copy cannot be resumed. files: the local files behind the
+    overlays, as the pipeline names them."""
+    if not callable(getattr(target, "keep_for_resume", None)):
+        return None
+    if not getattr(target, "resumable", True):
+        return None
+    if not vm.read_remotely:  # local files, also those of a remote kind of source (-i vmx)
+        return source_files(files), None
+    if not isinstance(source, ReopenableSource) or any(d.endpoint.is_local for d in vm.disks):
+        return None
+    try:
+        identity = source.identity()
+    except SourceError as exc:  # the copy goes on; it is only not resumable
+        log.warning("the copy cannot be resumed if interrupted: %s", exc.message)
+        return None
+    return ((), identity) if identity is not None else None
+
+
+def reopen(state: ResumeState, source: Source) -> SourceVM:
+    """The SourceVM to continue state's copy with. A remote source is opened again on the kept
+    work directory, which serves its disks where the overlays' backing names point; it must be
+    the same VM with the same disks, else the state is discarded. A source that cannot be
+    reached: KeptSourceError, the state kept."""
+    if state.remote is None:
+        return state.vm
+    try:
+        vm = source.open(state.workdir)
+        identity = source.identity() if isinstance(source, ReopenableSource) else None
+    except SourceError as exc:
+        raise KeptSourceError(exc, state.workdir) from exc
+    now, then = [d.endpoint for d in vm.disks], [d.endpoint for d in state.vm.disks]
+    changed = None
+    if len(now) != len(then):
+        changed = f"{len(then)} disks then, {len(now)} now"
+    elif now != then:
+        a, b = next((a, b) for a, b in zip(then, now, strict=True) if a != b)
+        changed = f"a disk: {a.uri} ({a.virtual_size} bytes) then, {b.uri} ({b.virtual_size}) now"
+    elif identity != state.remote:
+        gone = [item for item in state.remote if item not in (identity or ())]
+        changed = gone[0] if gone else "its identity"
+    if changed is not None:
+        discard(state.workdir)
+        raise ConversionError(
+            f"--resume: {vm.source_file or vm.name} changed since the copy was interrupted "
+            f"({changed}); the kept copy was discarded",
+            hint="run the conversion again without --resume",
+        )
+    return state.vm
+
+
+def keep_outputs(workdir: Path, target: object) -> bool:
+    """The copy was interrupted (a signal, a lost source): if a resume state was written, the
+    target keeps its temporary outputs; True if the state is kept."""
+    keep = getattr(target, "keep_for_resume", None)
+    if keep is None or not (workdir / RESUMABLE).exists():
+        return False
+    keep()
+    return True
+
+
+def kept(workdir: Path, lost: SourceError | None) -> BaseException:
+    """What an interrupted copy whose state is kept raises: KeptForResume for a signal, or
+    KeptSourceError when the source was lost (and no signal came)."""
+    return KeptSourceError(lost, workdir) if lost is not None else KeptForResume(workdir)
 
 
 def kept_state(parent: Path | None, key: str, wanted: bool, sink: EventSink) -> ResumeState | None:

@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import vmshift
 from tests.guests.manifest import BuiltGuest
-from tests.integration.convert_runs import start_convert, users_of, wait_for_stage
+from tests.integration.convert_runs import convert_argv, start_convert, users_of, wait_for_stage
 from tests.integration.test_targets import CAPS, LINUX
 from vmshift import resume
 from vmshift.blockio import windows
@@ -374,10 +374,6 @@ def big_guest(
     return [Path(linux_guests["rhel"].disks[0]), data]
 
 
-def command(disks: list[Path], outdir: Path, workdir: Path) -> list[str | Path]:
-    return ["convert", "-i", "disk", *disks, "-o", "local", "-os", outdir, "--workdir", workdir]
-
-
 def wait_for_windows(proc: subprocess.Popen[str], workdir: Path, disk: str) -> Path:
     """Wait for the copy stage, then for a journaled window of disk; the run's work dir."""
     wait_for_stage(proc, "copy")
@@ -391,9 +387,13 @@ def wait_for_windows(proc: subprocess.Popen[str], workdir: Path, disk: str) -> P
 
 
 @pytest.mark.slow
-def test_a_killed_copy_resumes_byte_identical(
+def test_a_killed_copy_resumes_byte_identical_even_after_a_sigterm(
     big_guest: list[Path], outdir: Path, workdir: Path
 ) -> None:
+    """kill -9 in the copy keeps it; a --resume stopped by SIGTERM in its own copy keeps it
+    again and says how to go on; the next --resume checks what the journal lists (a window
+    made to lie is copied again) and finishes with the bytes of an uninterrupted copy.
+    (A plain rerun discarding a kept copy: test_a_run_without_resume_discards_the_kept_copy.)"""
     proc = start_convert(big_guest, outdir, workdir)
     kept = wait_for_windows(proc, workdir, "sdb")
     proc.send_signal(signal.SIGKILL)
@@ -408,12 +408,27 @@ def test_a_killed_copy_resumes_byte_identical(
         ref = workdir.parent / (Path(overlay).name + ".ref")
         subprocess.run(["qemu-img", "convert", "-O", "raw", overlay, ref], check=True)
         refs.append(ref)
+
+    proc = start_convert(big_guest, outdir, workdir, "--resume")
+    wait_for_stage(proc, "copy")
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    lines = err.strip().splitlines()
+    assert lines[-2].startswith("vmshift: interrupted by SIGTERM while resuming the copy"), err
+    assert lines[-1] == (
+        "vmshift: the converted disks and the partial copy are kept: rerun the same command "
+        "with --resume to continue, or without --resume to discard them; the source is untouched"
+    )
+    assert (kept / RESUMABLE).exists()
+    assert sorted(p.name for p in outdir.iterdir() if p.name.endswith(".tmp.vmshift-resume"))
+
     # The journal says sda's first window is there: make it lie.
     sda_tmp = Path(state["outputs"][0])
     with sda_tmp.open("r+b") as f:
         f.seek(1 * MIB)
         f.write(b"\xa5" * 4096)
-    again = vmshift([*command(big_guest, outdir, workdir), "--resume"])
+    again = vmshift([*convert_argv(big_guest, outdir, workdir), "--resume"])
     assert again.returncode == 0, again.stderr
     assert "resuming the copy after" in again.stderr
     assert "differs from the converted disk (at offset 1048576): copying it again" in again.stderr
@@ -423,27 +438,3 @@ def test_a_killed_copy_resumes_byte_identical(
     finals = [outdir / n for n in names[:2]]
     assert [digest(f) for f in finals] == [digest(r) for r in refs]
     assert list(workdir.iterdir()) == []
-
-
-@pytest.mark.slow
-def test_sigterm_in_the_copy_keeps_it_and_a_plain_rerun_discards_it(
-    big_guest: list[Path], outdir: Path, workdir: Path
-) -> None:
-    proc = start_convert(big_guest, outdir, workdir)
-    kept = wait_for_windows(proc, workdir, "sdb")
-    proc.send_signal(signal.SIGTERM)
-    _out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    lines = err.strip().splitlines()
-    assert lines[-2].startswith("vmshift: interrupted by SIGTERM while copying disks"), err
-    assert lines[-1] == (
-        "vmshift: the converted disks and the partial copy are kept: rerun the same command "
-        "with --resume to continue, or without --resume to discard them; the source is untouched"
-    )
-    assert (kept / RESUMABLE).exists()
-    assert any(p.name.endswith(".tmp.vmshift-resume") for p in outdir.iterdir())
-    again = vmshift(command(big_guest, outdir, workdir))
-    assert again.returncode == 0, again.stderr
-    assert f"discarded the interrupted copy of this conversion kept in {kept}" in again.stderr
-    assert not kept.exists() and list(workdir.iterdir()) == []
-    assert not [p for p in outdir.iterdir() if p.name.startswith(".")]

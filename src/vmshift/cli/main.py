@@ -12,7 +12,7 @@ from typing import NoReturn
 from vmshift import __version__
 from vmshift.cli.signals import GUARD
 from vmshift.errors import VmshiftError
-from vmshift.resume import KeptForResume
+from vmshift.resume import KeptForResume, KeptSourceError
 from vmshift.verify.boot import BootCheckInterrupted
 
 # Subcommand name -> module under vmshift.cli that defines add_arguments(parser) and run(args).
@@ -23,6 +23,12 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 log = logging.getLogger("vmshift")
+
+# The last line of a run whose copy was kept for a resume (resume.py).
+KEPT = (
+    "vmshift: the converted disks and the partial copy are kept: rerun the same command "
+    "with --resume to continue, or without --resume to discard them; the source is untouched"
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -84,6 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vmshift: error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"vmshift: hint: {exc.hint}", file=sys.stderr)
+        if isinstance(exc, KeptSourceError):  # the source was lost in the copy
+            print(KEPT, file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         done = exc.where if isinstance(exc, BootCheckInterrupted) else None
@@ -103,12 +111,7 @@ def _interrupted(verbose: int, kept: bool = False, done: str | None = None) -> i
     GUARD.signum = signum
     print(f"vmshift: {GUARD.message()}", file=sys.stderr)
     if kept:  # the copy was interrupted (resume.py)
-        print(
-            "vmshift: the converted disks and the partial copy are kept: rerun the same command "
-            "with --resume to continue, or without --resume to discard them; the source is "
-            "untouched",
-            file=sys.stderr,
-        )
+        print(KEPT, file=sys.stderr)
     elif done is not None:  # only --verify-boot's check was cut short
         print(
             f"vmshift: the guest is complete on the target ({done}); only its boot check was "

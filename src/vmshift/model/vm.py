@@ -115,3 +115,11 @@ class SourceVM:
     # Things the source read past (a manifest line it could not parse ...): printed, not fatal.
     warnings: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def read_remotely(self) -> bool:
+        """Some disk is read over the network (an nbd endpoint: vSphere, -it ssh): its blocks
+        are fetched once (copy-on-read overlays) and its copy is not read again to verify it.
+        A source of a remote kind whose disks are files here (-i vmx of local files, an export
+        downloaded whole) is read as local files are."""
+        return any(not d.endpoint.is_local for d in self.disks)

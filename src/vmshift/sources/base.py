@@ -62,6 +62,20 @@ class RemoteSource(Protocol):
 
 
 @runtime_checkable
+class ReopenableSource(Protocol):
+    """A remote source whose disks a --resume can read again (resume.py): open() serves them at
+    the same endpoints when given the same work directory (nbdkit on the same socket paths), so
+    the kept overlays' backing names resolve again."""
+
+    def identity(self) -> tuple[str, ...] | None:
+        """After open(): what must be the same for a kept copy to be continued (the VM's UUID,
+        its configuration's change stamp, each disk's size and modification time as the remote
+        reports them); None if open() could not serve the disks again as they were (a disk
+        downloaded into the work directory, which open() would download again)."""
+        ...
+
+
+@runtime_checkable
 class ReportingSource(Protocol):
     """A source whose open() does slow work worth showing: vSphere downloads a disk that has no
     flat file through the VM's export lease before the run can read it."""

@@ -1,5 +1,7 @@
 """nbdkit serving a source's disks: one read-only NBD export per disk, on a unix socket in the
-run's work directory, gone with vmshift (--exit-with-parent) or at close().
+run's work directory, gone with vmshift (--exit-with-parent) or at close(). A source names its
+sockets after the disk (vsphere-0.sock, ssh-sda.sock), so opening it again on the same work
+directory serves each disk where a kept overlay's backing name points (a --resume, resume.py).
 
 A plugin's secrets reach it through files (password=+FILE, a cookie file), never its command
 line, which is logged at -v. nbdkit's messages go to a log file beside its socket, whose last
@@ -64,10 +66,21 @@ class NbdkitServers:
             filters = [*filters, "log"]  # innermost: next to the plugin
             args.append(f"logfile={reads}")
         listen = reachable(sock)
-        if listen != sock and not listen.parent.exists():
+        if listen != sock and listen.parent not in self._links:
+            # The link is named after the work directory: one left by a killed run is this
+            # directory's (a --resume) or points nowhere.
+            if listen.parent.is_symlink():
+                listen.parent.unlink()
             listen.parent.symlink_to(sock.parent)
             self._links.append(listen.parent)
-        argv = ["nbdkit", "--exit-with-parent", "--foreground", "--readonly", "-U", str(listen)]
+        # nbdkit leaves its socket behind when it ends (a --resume serves the disk there
+        # again), so readiness is its pid file, written once it accepts connections.
+        ready = sock.with_name(sock.name + ".pid")
+        ready.unlink(missing_ok=True)
+        if listen.is_socket():
+            listen.unlink()
+        argv = ["nbdkit", "--exit-with-parent", "--foreground", "--readonly", "-P", str(ready)]
+        argv += ["-U", str(listen)]
         argv += [f"--filter={name}" for name in filters] + args
         log.info("serving %s: %s", label, shlex.join(argv))
         try:
@@ -79,7 +92,7 @@ class NbdkitServers:
             raise EnvironmentProblem("nbdkit is not installed", hint="install nbdkit") from None
         self._served.append(_Served(label, sock, proc, reads))
         deadline = time.monotonic() + START_TIMEOUT
-        while not sock.exists():
+        while not ready.exists():
             if proc.poll() is not None:
                 why = last_message(sock) or f"exit {proc.returncode}"
                 if f"cannot open plugin '{plugin[0]}'" in why:

@@ -44,7 +44,7 @@ from vmshift.model.vm import (
     SourceVM,
 )
 from vmshift.sources import vmx_hardware as hw
-from vmshift.sources.base import RemoteSource, SourceOptions
+from vmshift.sources.base import RemoteSource, ReopenableSource, SourceOptions
 from vmshift.sources.vmx_files import CheckedDisk, Layer, LocalFiles, VmxTransport
 
 MIB = 1 << 20
@@ -130,6 +130,12 @@ class VmxSource:
 
     def lost(self) -> SourceError | None:
         return self._transport.lost() if isinstance(self._transport, RemoteSource) else None
+
+    def identity(self) -> tuple[str, ...] | None:
+        """ReopenableSource.identity() of -it ssh; None for local files (not reopened)."""
+        if isinstance(self._transport, ReopenableSource):
+            return self._transport.identity()
+        return None
 
     def close(self) -> None:
         self._transport.close()

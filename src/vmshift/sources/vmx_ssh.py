@@ -5,7 +5,8 @@ The VMX and the VMDK descriptors are read over SFTP (ssh_session.py) and checked
 local VMX is (vmx.py). No disk is copied first: each disk's flat extent (GUEST-flat.vmdk) is
 served by nbdkit's ssh plugin, read-only, as an NBD export on a unix socket in the work
 directory, so inspection and conversion fetch only the blocks they read and the copy only what
-the converted overlay needs. The password (-ip FILE) reaches nbdkit in a 0600 file.
+the converted overlay needs. The password (-ip FILE) reaches nbdkit in a 0600 file. A --resume
+opens the source again on the kept work directory: the same sockets, checked by identity().
 
 Only flat disks are read over SSH, which is what ESXi keeps: one FLAT or VMFS extent
 (createType vmfs, monolithicFlat ...). A snapshot (delta) disk, a sparse VMDK or a disk of
@@ -17,7 +18,7 @@ VM's files and use -i vmx without -it ssh.
 from __future__ import annotations
 
 import getpass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from vmshift.errors import DiskImageError, SourceError, UsageError
 from vmshift.formats.vmdk_descriptor import SECTOR
@@ -53,6 +54,7 @@ class SshTransport:
         )
         self._files = SftpFiles(self._login, self.display)
         self._servers = NbdkitServers()
+        self._served: list[PurePath] = []  # the flat files nbdkit serves
 
     @property
     def files(self) -> SftpFiles:
@@ -107,6 +109,7 @@ class SshTransport:
             plugin += [f"offset={offset}", f"range={size}"]
         sock = workdir / f"ssh-{name}.sock"
         uri = self._servers.serve(sock, plugin, label, filters, count_reads=True)
+        self._served.append(file)
         served = export_size(sock, label)
         if served != size:
             raise SourceError(f"{label}: nbdkit serves {served} bytes, not {size}")
@@ -117,6 +120,18 @@ class SshTransport:
         if not path.exists():
             write_secret(path, self._login.password or "")
         return path
+
+    def identity(self) -> tuple[str, ...]:
+        """ReopenableSource.identity(): the VMX and the served flat files, each with the size
+        and modification time the host reports."""
+        found = []
+        for path in [self.vmx_path, *self._served]:
+            try:
+                st = self._files.stat(path)
+            except OSError as exc:
+                raise SourceError(f"{self.display}: {path}: cannot read: {exc.strerror}") from None
+            found.append(f"{path} {st.st_size} {st.st_mtime}")
+        return tuple(found)
 
     def fetched(self) -> dict[str, int]:
         """Bytes read over SSH per disk (RemoteSource)."""

@@ -11,6 +11,11 @@ command line, and is kept alive and renewed for as long as the disks are read.
 A disk with no flat file (vSAN, VVols) is downloaded through the VM's export lease instead
 (vsphere_export.py). Refused in one line: a powered-on VM, a VM with snapshots (its disks are
 delta files with no flat data behind them).
+
+A --resume opens the source again on the kept work directory: nbdkit serves each disk on the
+same socket (vsphere-N.sock), and identity() (the VM's UUIDs, its configuration's change stamp,
+its disk files' sizes and modification times from the datastore browser) must be as it was.
+A VM with a disk read through an export lease is not resumable (open() would download it again).
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ class VsphereSource:
         self._downloaded: dict[str, int] = {}  # disks read through an export lease
         self._events: EventSink = discard  # the run's, for the export lease's downloads
         self._vm: Any = None  # the VM being read, for its export lease
+        self._disks: list[meta.VsphereDisk] = []
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -208,9 +214,9 @@ class VsphereSource:
         }  # distributed port groups
         warnings: list[str] = []
         datacenter = _datacenter_of(vm)
+        self._disks = meta.disks(devices)
         endpoints = [
-            self._expose(disk, datacenter, workdir, index)
-            for index, disk in enumerate(meta.disks(devices))
+            self._expose(disk, datacenter, workdir, index) for index, disk in enumerate(self._disks)
         ]
         if not endpoints:
             raise SourceError(f"{where}: the VM has no disks")
@@ -290,6 +296,42 @@ class VsphereSource:
         endpoint = vsphere_export.export_disk(self._vm, job, server, self._events)
         self._downloaded[label] = job.dest.stat().st_size
         return endpoint
+
+    def identity(self) -> tuple[str, ...] | None:
+        """ReopenableSource.identity(): the VM's UUIDs and configuration stamp, and for each
+        disk the size and modification time of its files (descriptor and flat file) as the
+        datastore browser reports them; None when a disk came through an export lease."""
+        if self._downloaded or self._vm is None:
+            return None
+        from pyVim.task import WaitForTask
+        from pyVmomi import vim, vmodl
+
+        where = f"{self._uri.scheme}://{self._uri.server}/{self._name}"
+        config = self._vm.config
+        found = [
+            f"vm {config.uuid} {config.instanceUuid}",
+            f"config {config.changeVersion} {config.modified}",
+        ]
+        details = vim.host.DatastoreBrowser.FileInfo.Details(fileSize=True, modification=True)
+        try:
+            stores = {ds.name: ds for ds in self._vm.datastore}
+            for disk in self._disks:
+                folder, _, name = disk.path.rpartition("/")
+                names = [name, disk.flat_path.rpartition("/")[2]]
+                spec = vim.host.DatastoreBrowser.SearchSpec(matchPattern=names, details=details)
+                task = stores[disk.datastore].browser.SearchDatastore_Task(
+                    datastorePath=f"[{disk.datastore}] {folder}", searchSpec=spec
+                )
+                WaitForTask(task)
+                for file in sorted(task.info.result.file, key=lambda f: str(f.path)):
+                    found.append(
+                        f"[{disk.datastore}] {folder}/{file.path} {file.fileSize} "
+                        f"{file.modification}"
+                    )
+        except (KeyError, OSError, http.client.HTTPException, vmodl.MethodFault) as exc:
+            message = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
+            raise SourceError(f"{where}: cannot list the VM's disk files: {message}") from exc
+        return tuple(found)
 
     def report_to(self, sink: EventSink) -> None:
         """Send the progress of what open() downloads (export leases) to the run's sink."""

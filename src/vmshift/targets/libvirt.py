@@ -4,9 +4,10 @@ Directory-backed pools (dir, fs, netfs) are written like -o local writes a direc
 copier creates DIR/.NAME-sda.tmp, finalize renames it to DIR/NAME-sda (never replacing a file)
 and refreshes the pool, so a half-copied disk never shows up as a volume; the run holds
 DIR/.NAME.vmshift-lock from check() on (output_lock.py: another live run is refused, a killed
-one's temporary disks removed). Any other pool (logical, disk, iscsi ...)
-gets its volumes created through the API first (raw only: a block device has no qcow2), and
-the copier writes into the existing device. The guest is defined, never started.
+one's temporary disks removed, and if it was killed in finalize, the volumes it had renamed and
+the guest it had defined, which finalize records in the lock first). Any other pool (logical,
+disk, iscsi ...) gets its volumes created through the API first (raw only: a block device has
+no qcow2), and the copier writes into the existing device. The guest is defined, never started.
 
 The pool must be on this host: vmshift writes the disks itself rather than streaming them
 through libvirt's volume upload API.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,7 +28,6 @@ from vmshift.errors import TargetError
 from vmshift.formats.libvirt_domcaps import DomainCapabilities, parse_domain_capabilities
 from vmshift.formats.libvirt_xml import domain_xml, source_cpu_model
 from vmshift.formats.safexml import untrusted_parser
-from vmshift.fsops import rename_noreplace
 from vmshift.guest.accel import detect_accelerator
 from vmshift.libvirt_binding import import_libvirt
 from vmshift.model.caps import GuestCaps
@@ -37,7 +38,7 @@ from vmshift.targets.local import (
     check_format_options,
     disk_file_name,
     output_name,
-    refuse_to_overwrite,
+    put_into_place,
 )
 from vmshift.targets.output_lock import OutputLock, temporary_names
 from vmshift.targets.platform import cpu_model_decision, secure_boot_decision
@@ -94,8 +95,12 @@ class LibvirtTarget:
             if self._pool_dir is not None:
                 where = f"pool {self._pool_name} ({self._pool_dir}), {self._name}"
                 pattern = temporary_names(self._name)
-                self._lock = OutputLock(self._pool_dir, self._name, pattern, where)
+                self._lock = OutputLock(
+                    self._pool_dir, self._name, pattern, where, self._undefine_left
+                )
                 self._lock.acquire()  # before looking at the names
+                if self._lock.swept:
+                    self._pool.refresh(0)  # volumes a killed run had made are gone
             self._check_free(vm)
         except lv.libvirtError as exc:
             self._close()
@@ -192,20 +197,40 @@ class LibvirtTarget:
         self._volumes.append(vol)
         return Path(cast(str, created.path()))
 
+    # -- resume ---------------------------------------------------------------------------
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a copy into this pool can be kept for a --resume (resume.py): a directory
+        pool's can, its disks being temporaries (.NAME-sda.tmp) that a claim keeps from the
+        lock's sweep. A pool of block devices (logical, disk, iscsi ...) cannot, by decision:
+        its volumes are created through libvirt under their final names, where a kept half
+        copy would look like any other volume, and no lock or claim guards them."""
+        return self._pool_dir is not None
+
+    def keep_for_resume(self) -> None:
+        """The copy was interrupted and is kept for a --resume (directory pools only): the
+        temporary disks stay, claimed by the resume state (output_lock.claim); the lock is
+        released and the connection closed, nothing final having been made. The resume's
+        check() takes the lock again (leaving the claimed disks alone) and its setup() names
+        the same temporaries."""
+        assert self._pool_dir is not None, "a directory pool's copy only (resumable)"
+        self._temps.clear()
+        self._close()
+
     # -- finalize -------------------------------------------------------------------------
 
     def finalize(
         self, vm: SourceVM, os: OperatingSystem, caps: GuestCaps, disks: list[OutputDisk]
     ) -> TargetResult:
         lv = self._lv
+        guest_uuid = str(uuid.uuid4())
+        if self._lock is not None:  # a directory pool: for the next run to undo if killed
+            moves = [(d.path, d.final_path) for d in disks]
+            self._lock.record_finals(moves, (self._name, guest_uuid, self._uri))
         for disk in disks:
             if disk.path != disk.final_path:
-                try:
-                    rename_noreplace(disk.path, disk.final_path)
-                except FileExistsError:
-                    raise refuse_to_overwrite(disk.final_path) from None
-                except OSError as exc:
-                    raise TargetError(f"{disk.final_path}: cannot rename: {exc}") from exc
+                put_into_place(disk.path, disk.final_path)
                 self._files.append(disk.final_path)
         try:
             self._pool.refresh(0)
@@ -227,6 +252,7 @@ class LibvirtTarget:
                 os_type=os.type,
                 cpu_model=cpu_model,
                 secure_boot=secure_boot,
+                uuid=guest_uuid,
             )
             self._domain = self._conn.defineXMLFlags(xml, lv.VIR_DOMAIN_DEFINE_VALIDATE)
         except lv.libvirtError as exc:
@@ -324,6 +350,27 @@ class LibvirtTarget:
             with contextlib.suppress(Exception):
                 self._pool.refresh(0)
         self._close()
+
+    def _undefine_left(self, name: str, guest_uuid: str, uri: str) -> bool:
+        """Undefine the guest a killed run recorded defining (output_lock.py), if it is that
+        run's: on this run's URI, with its UUID, not running. True if it was undefined."""
+        lv = self._lv
+        if uri != self._uri:
+            raise TargetError(
+                f"a vmshift run killed while finishing may have defined guest {name} on {uri}",
+                hint=f"convert with -oc {uri}, or undefine that guest if it is half made "
+                f"and remove the lock in {self._pool_dir}",
+            )
+        try:
+            dom = self._conn.lookupByName(name)
+            if dom.UUIDString() != guest_uuid or dom.isActive():
+                return False  # not that run's, or started: check() then refuses the name
+            dom.undefineFlags(lv.VIR_DOMAIN_UNDEFINE_NVRAM)
+        except lv.libvirtError as exc:
+            if exc.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
+                return False
+            raise
+        return True
 
     def _close(self) -> None:
         """The end of the run's hold on the target: success, failure or a refusal in check."""
