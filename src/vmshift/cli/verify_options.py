@@ -8,6 +8,7 @@ import os
 
 from vmshift.errors import UsageError
 from vmshift.guest.accel import detect_accelerator
+from vmshift.targets.export_domain import is_nfs_spec
 from vmshift.targets.libvirt import DEFAULT_URI as LIBVIRT_DEFAULT_URI
 from vmshift.verify.boot import VerifyOptions
 
@@ -17,8 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--verify-boot",
         action="store_true",
         help="-o local/libvirt: boot the result from its XML (throwaway overlays, no "
-        "network), -o qemu: run its script with -snapshot, and wait for the login prompt "
-        "and static addresses; exit 3 if it fails",
+        "network), -o rhv: boot the devices its OVF names, -o qemu: run its script with "
+        "-snapshot, and wait for the login prompt and static addresses; exit 3 if it fails",
     )
     p.add_argument(
         "--verify-boot-conn",
@@ -47,9 +48,18 @@ def boot_options(args: argparse.Namespace, output: str) -> VerifyOptions | None:
         if args.verify_boot_conn or args.verify_boot_timeout:
             raise UsageError("--verify-boot-conn and --verify-boot-timeout need --verify-boot")
         return None
-    if output not in ("local", "libvirt", "qemu"):
+    if output not in ("local", "libvirt", "qemu", "rhv"):
         raise UsageError(
-            f"--verify-boot works with -o local, -o libvirt and -o qemu, not -o {output}"
+            f"--verify-boot works with -o local, -o libvirt, -o qemu and -o rhv, not -o {output}"
+        )
+    storage = args.output_storage or ""
+    if output == "rhv" and is_nfs_spec(storage):
+        # The disks are booted where they are: a HOST:/PATH is mounted privately for the run
+        # and unmounted when it ends, out of reach of libvirt's qemu.
+        raise UsageError(
+            f"--verify-boot -o rhv: -os {storage} is mounted only while vmshift writes to it; "
+            "the boot check needs the export domain as a directory",
+            hint=f"mount {storage} yourself and give the mount point to -os",
         )
     if output == "qemu" and args.verify_boot_conn:
         raise UsageError("--verify-boot-conn: -o qemu's guest boots from its script, not libvirt")

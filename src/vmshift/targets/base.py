@@ -99,6 +99,9 @@ class TargetResult:
     # boots the guest from it).
     domain_xml: str | None = None
     boot_script: Path | None = None  # -o qemu: the script that boots the guest
+    # Where --verify-boot saves the console of a guest that did not come up; None: beside the
+    # first file (-o rhv: the -os directory, not inside an image directory of the domain).
+    console_dir: Path | None = None
 
 
 class Target(Protocol):

@@ -12,7 +12,8 @@ renamed into master/vms/ last; no rename replaces anything (fsops.rename_norepla
 
 One run per VM name in a domain: check() takes <SD_UUID>/.NAME.vmshift-lock (output_lock.py)
 and holds it until finalize() or abort() ends; the staging directory of a run that was killed
-is removed by the next run for that name, which says so.
+is removed by the next run for that name, which says so, and so is what it had moved into
+images/ and master/vms/ (recorded in the lock before the first move).
 """
 
 from __future__ import annotations
@@ -38,13 +39,12 @@ from vmshift.formats.ovirt_ovf import (
     render_ovf,
 )
 from vmshift.formats.vdsm import SECTOR, VolumeMeta
-from vmshift.fsops import rename_noreplace
 from vmshift.model.caps import GuestCaps
 from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import Firmware, SourceVM
 from vmshift.targets.base import OutputDisk, TargetOptions, TargetResult
-from vmshift.targets.export_domain import ExportDomain
-from vmshift.targets.local import check_format_options, output_name, refuse_to_overwrite
+from vmshift.targets.export_domain import ExportDomain, is_nfs_spec
+from vmshift.targets.local import check_format_options, output_name, put_into_place
 from vmshift.targets.output_lock import OutputLock
 from vmshift.targets.ovirt_osinfo import osinfo_name
 from vmshift.targets.platform import (
@@ -52,6 +52,7 @@ from vmshift.targets.platform import (
     libvirt_knows_cpu_model,
     secure_boot_decision,
 )
+from vmshift.verify.ovf_domain import ovf_domain_xml
 
 # What RHV data domains can import a volume as (format, allocation); qcow2 preallocated is
 # not a volume kind RHV has at all.
@@ -284,10 +285,17 @@ class RhvTarget:
         domain.chown(vm_dir)
 
         # Images first, the OVF last: RHV must never list a VM whose disks are not all there.
-        for disk in disks:
-            self._move(disk.path.parent, disk.final_path.parent)
         final_vm = domain.root / "master" / "vms" / self.vm_id
-        self._move(vm_dir, final_vm)
+        moves = [*((d.path.parent, d.final_path.parent) for d in disks), (vm_dir, final_vm)]
+        if self._lock is not None:
+            self._lock.record_finals(moves)  # for the next run to undo if this one is killed
+        for src, dst in moves:
+            self._move(src, dst)
+        # What --verify-boot boots: the OVF as RHV will read it, from the domain. Not for a
+        # HOST:/PATH: its private mount ends with this run (--verify-boot refuses it).
+        xml = None
+        if not is_nfs_spec(self._opts.storage or ""):
+            xml = ovf_domain_xml(final_vm / ovf_path.name, domain.root)
         shutil.rmtree(self._staging, ignore_errors=True)
         self._staging = None
         if self._lock is not None:
@@ -306,6 +314,8 @@ class RhvTarget:
             "(import it in RHV: Storage > Domains > the export domain > VM Import)",
             files=files,
             warnings=warnings,
+            domain_xml=xml,
+            console_dir=None if xml is None else Path(self._opts.storage or "."),
         )
 
     def _ovf_disk(self, i: int, disk: OutputDisk, caps: GuestCaps, actual: int) -> OvfDisk:
@@ -341,12 +351,7 @@ class RhvTarget:
         return f".{self.name}.vmshift-staging"
 
     def _move(self, src: Path, dst: Path) -> None:
-        try:
-            rename_noreplace(src, dst)
-        except FileExistsError:
-            raise refuse_to_overwrite(dst) from None
-        except OSError as exc:
-            raise TargetError(f"{dst}: cannot move into place: {exc.strerror}") from exc
+        put_into_place(src, dst)
         self._moved.append(dst)
 
     def abort(self) -> None:

@@ -80,12 +80,10 @@ def verification_xml(
     """The target's XML with overlays for its disks and private NICs (see the module doc)."""
     root = _parse(xml)
     _set_text(root, "name", name)
-    for elem in root.findall("uuid"):
-        root.remove(elem)
+    _drop(root, "uuid")
     os_elem = root.find("os")
     if os_elem is not None:
-        for elem in os_elem.findall("nvram"):
-            os_elem.remove(elem)
+        _drop(os_elem, "nvram")
         if _uefi(os_elem):
             etree.SubElement(os_elem, "nvram").text = str(private_dir / "VARS.fd")
 
@@ -94,8 +92,8 @@ def verification_xml(
         raise ValueError(f"{len(disks)} disks, {len(overlays)} overlays")
     for disk, overlay in zip(disks, overlays, strict=True):
         disk.set("type", "file")
-        for elem in disk.findall("source") + disk.findall("driver"):
-            disk.remove(elem)
+        _drop(disk, "source")
+        _drop(disk, "driver")
         disk.insert(0, etree.Element("source", file=str(overlay)))
         disk.insert(0, etree.Element("driver", name="qemu", type="qcow2"))
 
@@ -116,13 +114,11 @@ def verification_xml(
         if model is not None:
             replacement.append(model)
         devices.replace(iface, replacement)
-    for graphics in devices.findall("graphics"):
-        devices.remove(graphics)
+    _drop(devices, "graphics")
     # Sockets of channels (the guest agent's) in the check's directory: libvirt's own place
     # can be too deep for a socket's 107-byte path.
     for i, channel in enumerate(devices.findall("channel[@type='unix']")):
-        for elem in channel.findall("source"):
-            channel.remove(elem)
+        _drop(channel, "source")
         channel.insert(0, etree.Element("source", mode="bind", path=str(private_dir / f"ch{i}")))
 
     if tcg:
@@ -132,6 +128,14 @@ def verification_xml(
 
 def _uefi(os_elem: etree._Element) -> bool:
     return os_elem.get("firmware") == "efi" or os_elem.find("loader") is not None
+
+
+def _drop(parent: etree._Element, path: str) -> None:
+    """Remove every element path finds under parent (path may reach below its children)."""
+    for elem in parent.findall(path):
+        owner = elem.getparent()
+        if owner is not None:
+            owner.remove(elem)
 
 
 def _set_text(root: etree._Element, tag: str, text: str) -> None:
@@ -146,13 +150,6 @@ def _for_tcg(root: etree._Element) -> None:
     cpu = root.find("cpu")
     if cpu is not None and cpu.get("mode") in ("host-model", "host-passthrough"):
         cpu.set("mode", "maximum")
-        for elem in cpu.findall("model"):
-            cpu.remove(elem)
-    features = root.find("features")
-    if features is not None:
-        for elem in features.findall("hyperv"):
-            features.remove(elem)
-    clock = root.find("clock")
-    if clock is not None:
-        for elem in clock.findall("timer[@name='hypervclock']"):
-            clock.remove(elem)
+        _drop(cpu, "model")
+    _drop(root, "features/hyperv")
+    _drop(root, "clock/timer[@name='hypervclock']")
