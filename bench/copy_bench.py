@@ -54,7 +54,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vmshift.blockio.copier import CopyJob, compare_argv, convert_argv, copy_disks
+from vmshift.blockio.copier import CopyJob, convert_argv, copy_disks
+from vmshift.blockio.copy_check import compare_argv
 from vmshift.blockio.overlay import Overlay, create_overlay
 from vmshift.blockio.progress import discard
 from vmshift.errors import VmshiftError
@@ -271,7 +272,7 @@ def _vmshift(verify: bool, *, from_disk: bool = False) -> CopyFn:
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                 finally:
                     os.close(fd)
-                run(compare_argv(job), timeout=1800)
+                run(compare_argv(overlay.path, out, fmt), timeout=1800)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 

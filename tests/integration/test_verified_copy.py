@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from vmshift.blockio import windows
 from vmshift.blockio.copier import CopyJob, copy_disks
 from vmshift.blockio.overlay import Overlay, create_overlay
 from vmshift.blockio.progress import CopyProgress, Event
@@ -113,6 +114,92 @@ def test_a_corrupted_copy_fails_naming_disk_and_offset(
     assert not out.exists()
     assert phases(events) == ["copy", "verify"]
     assert not any(isinstance(e, CopyProgress) and e.finished for e in events)
+
+
+# --- a disk copied in several windows ------------------------------------------------------
+
+WINDOW = 16 * MIB  # 4 windows of SIZE
+
+
+@pytest.fixture
+def windowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Overlay:
+    """An overlay over a disk copied in 4 windows (they do not grow): a MiB of random data in
+    the first, second and last, the third full of it."""
+    monkeypatch.setattr(windows, "WINDOW", WINDOW)
+    monkeypatch.setattr(windows, "WINDOW_SECONDS", 0.0)
+    src = tmp_path / "src.raw"
+    with src.open("wb") as f:
+        f.truncate(SIZE)
+        for offset, size in ((0, MIB), (20 * MIB, MIB), (2 * WINDOW, WINDOW), (56 * MIB, MIB)):
+            f.seek(offset)
+            f.write(os.urandom(size))
+    return create_overlay(DiskEndpoint(str(src), "raw", SIZE), tmp_path, "sda")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "offset"),
+    [
+        ("raw", 20 * MIB + 777),  # the second window's data
+        ("raw", 30 * MIB + 7),  # the second window's hole
+        ("qcow2", 2 * WINDOW + 5 * MIB + 99),  # the third window
+        ("raw", 56 * MIB + 4096),  # the last window
+        ("qcow2", 56 * MIB + 513),
+    ],
+    ids=["raw-middle", "raw-middle-hole", "qcow2-middle", "raw-last", "qcow2-last"],
+)
+def test_a_window_that_differs_fails_at_its_offset_in_the_disk(
+    windowed: Overlay, tmp_path: Path, fmt: str, offset: int
+) -> None:
+    out = tmp_path / f"out.{fmt}"
+    events: list[Event] = []
+    sink = at_verify(lambda: flip_byte(out, fmt, offset), events)
+    with pytest.raises(CopyError) as caught:
+        copy_disks([CopyJob(windowed, out, fmt, False, "guest-sda")], sink)
+    assert str(caught.value) == (
+        f"guest-sda: the copy differs from the converted disk at offset {offset - offset % 512} "
+        "(the output was removed)"
+    )
+    assert not out.exists()
+    copied = {e.done for e in events if isinstance(e, CopyProgress) and e.phase == "copy"}
+    assert {n * WINDOW for n in range(1, 5)} <= copied  # every window was copied
+    assert phases(events) == ["copy", "verify"]
+
+
+def test_a_cancel_during_the_check_of_a_windowed_copy_leaves_nothing(
+    windowed: Overlay, tmp_path: Path
+) -> None:
+    """Ctrl-C while the check reads the third window: it is stopped, the output removed."""
+    out = tmp_path / "out.qcow2"
+    seen: list[str] = []
+
+    def sink(event: Event) -> None:
+        if isinstance(event, CopyProgress) and event.phase == "verify" and event.done > 2 * WINDOW:
+            seen.extend(_processes_naming(out))
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        copy_disks([CopyJob(windowed, out, "qcow2", False, "guest-sda")], sink)
+    assert any("compare" in p for p in seen), "the check should be running then"
+    assert not out.exists()
+    assert _processes_naming(out) == [] and _processes_naming(windowed.path) == []
+
+
+def test_a_cancel_during_the_copy_starts_no_check(windowed: Overlay, tmp_path: Path) -> None:
+    """Ctrl-C while the third window is copied: the copy is stopped, nothing is checked or
+    left behind."""
+    out = tmp_path / "out.raw"
+    events: list[Event] = []
+
+    def sink(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, CopyProgress) and event.done > 2 * WINDOW:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        copy_disks([CopyJob(windowed, out, "raw", False, "guest-sda")], sink)
+    assert phases(events) == ["copy"]
+    assert not out.exists()
+    assert _processes_naming(out) == [] and _processes_naming(windowed.path) == []
 
 
 def test_a_copy_of_the_wrong_size_fails(overlay: Overlay, tmp_path: Path) -> None:

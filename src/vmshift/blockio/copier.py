@@ -9,22 +9,21 @@ interrupted copy leaves no output file behind, unless it was journaled for a res
 Every copy is then verified unless its job says not to (`--no-verify-copy`): `qemu-img compare`
 reads the output back through its format (qcow2 metadata, compressed clusters) and compares it
 with the overlay it was copied from, skipping what both sides hold as unallocated or zero; the
-first difference fails the copy, naming the disk and the offset. A compare pass rather than
-digests taken while copying, because qemu-img convert cannot hand out what it read: the output
-has to be read back either way, and one compare reads both sides once. The output's pages are
-kept in the page cache for it (early writeback starts with sync_file_range instead of
-POSIX_FADV_DONTNEED, which drops them), so the check reads what the copy wrote after the fsync
-made it durable, without reading the whole disk again from the device. docs/benchmarks.md
-("Verified copy") has what it costs.
+first difference fails the copy, naming the disk and the offset (blockio/copy_check.py). A
+compare pass rather than digests taken while copying, because qemu-img convert cannot hand out
+what it read: the output has to be read back either way, and one compare reads both sides once.
+The output's pages are kept in the page cache for it (early writeback starts with
+sync_file_range instead of POSIX_FADV_DONTNEED, which drops them), so the check reads what the
+copy wrote after the fsync made it durable, without reading the whole disk again from the
+device. docs/benchmarks.md ("Verified copy") has what it costs, and what was tried to make it
+cheaper (a check of each window while the next one is copied: no faster on this machine).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import re
 import shlex
 import stat
 import subprocess
@@ -35,6 +34,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmshift.blockio.copy_check import (
+    DIFFERS_HINT,
+    check_size,
+    compare_argv,
+    differs,
+    last_line,
+    mismatch_offset,
+    virtual_size,
+)
 from vmshift.blockio.overlay import Overlay
 from vmshift.blockio.progress import CopyProgress, EventSink, WarningEvent
 from vmshift.blockio.windows import (
@@ -52,15 +60,6 @@ log = logging.getLogger(__name__)
 
 # Two copies keep both cores of a small conversion host busy; more only contend for the disk.
 MAX_PARALLEL = 2
-QCOW2_MAGIC = b"QFI\xfb"
-
-# qemu-img compare's report of the first difference (exit 1); the offset is the first
-# differing 512-byte sector's, in bytes.
-_MISMATCH = re.compile(r"Content mismatch at offset (\d+)!")
-_DIFFERS_HINT = (
-    "the output read back is not what was converted: check the target's storage (dmesg) and "
-    "run the conversion again"
-)
 
 
 @dataclass(frozen=True)
@@ -88,51 +87,6 @@ def convert_argv(job: CopyJob) -> list[str]:
     if opts:
         argv += ["-o", ",".join(opts)]
     return [*argv, str(job.overlay.path), str(job.output)]
-
-
-def compare_argv(job: CopyJob, *, device_size: int | None = None) -> list[str]:
-    """The check of a finished copy: the output, read through its format, against the overlay.
-
-    Not strict (-s): the output is allocated differently from the overlay by design (zeros
-    skipped, preallocation, compression) and only the content counts. device_size: the output
-    is a block device (a pool's logical volume), which may be larger than the disk; only the
-    disk's first device_size bytes are compared (qemu-img would also want the rest zero).
-    """
-    output = str(job.output)
-    if device_size is not None:
-        node = {"driver": "host_device", "filename": output}
-        output = "json:" + json.dumps({"driver": "raw", "size": device_size, "file": node})
-    return [
-        "qemu-img", "compare", "-p", "-f", "qcow2", "-F", job.format,
-        str(job.overlay.path), output,
-    ]  # fmt: skip
-
-
-def _virtual_size(path: Path, fmt: str) -> int:
-    """The disk size the image's format records: a raw file's size, a qcow2 header's size field.
-
-    Read here rather than by `qemu-img info`: a process per disk for 8 bytes of a header whose
-    layout the qcow2 specification fixes (magic at 0, size as a big-endian u64 at 24).
-    """
-    if fmt == "raw":
-        return path.stat().st_size
-    with path.open("rb") as f:
-        header = f.read(32)
-    if fmt != "qcow2" or len(header) < 32 or header[:4] != QCOW2_MAGIC:
-        raise CopyError(f"{path}: not a {fmt} image vmshift can read the size of")
-    return int.from_bytes(header[24:32], "big")
-
-
-def _device_size(path: Path) -> int:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return os.lseek(fd, 0, os.SEEK_END)
-    finally:
-        os.close(fd)
-
-
-def _last_line(stderr: str, rc: int) -> str:
-    return stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {rc}"
 
 
 class _Copy:
@@ -178,7 +132,7 @@ class _Copy:
         """Copy the windows the output lacks (blockio/windows.py), each made durable and
         journaled before the next; on a resume, first check those the journal lists."""
         job = self.job
-        size = _virtual_size(job.overlay.path, "qcow2")  # the overlay's own, as convert reads it
+        size = virtual_size(job.overlay.path, "qcow2")  # the overlay's own, as convert reads it
         device = job.format == "raw" and _is_device(job.output)
         done: list[Window] = []
         if self.resume and self.journal is not None and _fits(job, size, device):
@@ -191,9 +145,7 @@ class _Copy:
             argv = create_argv(job.output, job.format, size, preallocated=job.preallocated)
             rc, _, stderr = self._run(argv, "copy", None)
             if rc != 0:
-                raise CopyError(
-                    f"{job.label}: cannot create {job.output}: {_last_line(stderr, rc)}"
-                )
+                raise CopyError(f"{job.label}: cannot create {job.output}: {last_line(stderr, rc)}")
             fresh = True
         self.span = Window(0, done[-1].end if done else 0)
         self._emit("copy", 1.0)
@@ -228,9 +180,7 @@ class _Copy:
         )  # fmt: skip
         rc, _, stderr = self._run(argv, "copy", writeback)
         if rc != 0:
-            raise CopyError(
-                f"{job.label}: copying to {job.output} failed: {_last_line(stderr, rc)}"
-            )
+            raise CopyError(f"{job.label}: copying to {job.output} failed: {last_line(stderr, rc)}")
 
     def _durable(self, window: Window) -> None:
         job = self.job
@@ -261,19 +211,18 @@ class _Copy:
                 job.overlay.path, job.output, job.format, self.span.size, device
             )
             rc, messages, stderr = self._run(argv, "copy", None)
-            found = (_MISMATCH.search(m) for m in messages)
-            offset = next((int(m.group(1)) for m in found if m), None)
+            offset = mismatch_offset(messages)
             if rc == 0 or (rc == 1 and offset is not None and offset >= self.span.size):
                 return done
             if rc != 1 or offset is None:
                 raise CopyError(
-                    f"{job.label}: checking {job.output} failed: {_last_line(stderr, rc)}"
+                    f"{job.label}: checking {job.output} failed: {last_line(stderr, rc)}"
                 )
             bad = next(w for w in done if w.offset <= offset < w.end)
             if bad.offset in seen:
                 raise CopyError(
                     f"{job.label}: {job.output} still differs at offset {offset} after copying "
-                    "that part again", hint=_DIFFERS_HINT,
+                    "that part again", hint=DIFFERS_HINT,
                 )  # fmt: skip
             seen.add(bad.offset)
             self.sink(WarningEvent(
@@ -284,33 +233,22 @@ class _Copy:
             self._durable(bad)
 
     def _verify(self) -> None:
-        """Compare the durable output with the overlay; raise CopyError where they differ."""
+        """Compare the durable output with the overlay (copy_check.py); raise CopyError where
+        they differ."""
         job = self.job
         # This phase's first event comes before anything is read back.
         self._emit("verify", 0.0)
-        # qemu-img compare only warns when the sizes differ.
-        wanted = _virtual_size(job.overlay.path, "qcow2")
+        wanted = virtual_size(job.overlay.path, "qcow2")
         device = job.format == "raw" and stat.S_ISBLK(job.output.stat().st_mode)
-        size = _device_size(job.output) if device else _virtual_size(job.output, job.format)
-        if size < wanted or (size > wanted and not device):
-            raise CopyError(
-                f"{job.label}: the copy is {size} bytes, the converted disk {wanted} "
-                "(the output was removed)",
-                hint=_DIFFERS_HINT,
-            )
-        argv = compare_argv(job, device_size=wanted if device else None)
+        check_size(job.label, job.output, job.format, wanted, device)
+        argv = compare_argv(
+            job.overlay.path, job.output, job.format, device_size=wanted if device else None
+        )
         rc, messages, stderr = self._run(argv, "verify", None)
         if rc == 1:
-            found = (_MISMATCH.search(m) for m in messages)
-            offset = next((int(m.group(1)) for m in found if m), None)
-            where = "" if offset is None else f" at offset {offset}"
-            raise CopyError(
-                f"{job.label}: the copy differs from the converted disk{where} "
-                "(the output was removed)",
-                hint=_DIFFERS_HINT,
-            )
+            raise differs(job.label, mismatch_offset(messages))
         if rc != 0:
-            raise CopyError(f"{job.label}: verifying {job.output} failed: {_last_line(stderr, rc)}")
+            raise CopyError(f"{job.label}: verifying {job.output} failed: {last_line(stderr, rc)}")
         drop_pages(job.output)
         self._emit("verify", 1.0, finished=True)
 
@@ -382,7 +320,7 @@ def _is_device(path: Path) -> bool:
 def _fits(job: CopyJob, size: int, device: bool) -> bool:
     """The output a resume finds is one this copy could have made: there, of the disk's size."""
     try:
-        return device or _virtual_size(job.output, job.format) == size
+        return device or virtual_size(job.output, job.format) == size
     except (OSError, CopyError):
         return False
 
