@@ -1,8 +1,8 @@
-"""Faults injected around a conversion of the phony RHEL guest: a source whose reads start
-failing (nbdkit's error filter, shown to vmshift as an ordinary disk file by nbdfuse), a target
-that fills up, and two runs racing for one output name. Each ends with one clear line, nothing
-left that looks complete, and the source byte-identical. (Interruptions during the copy, which
-keep what --resume needs, are test_resume.py's.)"""
+"""Faults injected around a conversion of the phony RHEL guest: a slow source whose reads start
+failing (nbdkit's delay and error filters, shown to vmshift as an ordinary disk file by
+nbdfuse), a target that fills up, and two runs racing for one output name. Each ends with one
+clear line, nothing left that looks complete, and the source byte-identical. (Interruptions
+during the copy, which keep what --resume needs, are test_resume.py's.)"""
 
 from __future__ import annotations
 
@@ -31,16 +31,18 @@ pytestmark = pytest.mark.slow
 
 @contextlib.contextmanager
 def failing_disk(disk: Path, tmp: Path) -> Iterator[tuple[Path, Path]]:
-    """disk served read-only by nbdkit and shown as a file by nbdfuse; every read fails while
-    the returned trigger file exists (nbdkit's error filter)."""
+    """disk served read-only by nbdkit and shown as a file by nbdfuse; every read answers
+    late, as a far datastore's do (nbdkit's delay filter, 2 ms), and fails while the returned
+    trigger file exists (nbdkit's error filter)."""
     if shutil.which("nbdfuse") is None or not Path("/dev/fuse").exists():
         pytest.skip("nbdfuse or /dev/fuse is missing")
     mnt = tmp / "mnt"
     mnt.mkdir()
     trigger = tmp / "fail-reads"
     shown = mnt / disk.name
-    argv = ["nbdfuse", "-r", str(shown), "[", "nbdkit", "-r", "--filter=error", "file",
-            str(disk), "error-rate=100%", f"error-file={trigger}", "]"]  # fmt: skip
+    argv = ["nbdfuse", "-r", str(shown), "[", "nbdkit", "-r", "--filter=error",
+            "--filter=delay", "file", str(disk), "delay-read=2ms", "error-rate=100%",
+            f"error-file={trigger}", "]"]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
