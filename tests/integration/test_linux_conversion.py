@@ -1,7 +1,8 @@
 """Issue acceptance: the real Debian VMware guest converts and boots on virtio, network included.
 
-Each conversion boots its result with --verify-boot, from the XML vmshift wrote, on a private
-libvirtd: the suite proves that what vmshift writes boots, not a command line of its own."""
+Each conversion boots its result with --verify-boot, from what vmshift wrote (-o local's XML,
+-o rhv's OVF, -o qemu's script), on a private libvirtd: the suite proves that what vmshift
+writes boots, not a command line of its own."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import sha256, vmshift
+from tests.export_domain import make_export_domain
 from tests.guests.manifest import BuiltGuest
 from tests.integration.libvirt_fixture import PrivateLibvirtd, private_libvirtd
 from vmshift.guest.accel import detect_accelerator
+from vmshift.verify.ovf_domain import ovf_domain_xml
 
 pytestmark = [pytest.mark.slow, pytest.mark.realguest]
 
@@ -50,7 +53,8 @@ def libvirtd() -> Iterator[PrivateLibvirtd]:
 def conversions(real_debian: BuiltGuest, libvirtd: PrivateLibvirtd) -> dict[str, Future[Converted]]:
     """Convert the three real guests two at a time: each conversion spends minutes in a
     single-threaded TCG appliance (update-initramfs), so two keep both cores busy. The LVM
-    guest goes to -o qemu: its boot check runs the script vmshift wrote."""
+    guest goes to -o qemu: its boot check runs the script vmshift wrote; the UEFI guest to
+    -o rhv: its boot check boots the devices the OVF in the export domain names."""
     from tests.guests import debian_real
 
     guests = {
@@ -70,6 +74,9 @@ def conversions(real_debian: BuiltGuest, libvirtd: PrivateLibvirtd) -> dict[str,
         output = ["-o", "local", "--verify-boot-conn", libvirtd.uri]
         if name == "lvm":
             output = ["-o", "qemu"]
+        if name == "uefi":  # outdir is the export domain's NFS mount point, as RHV sees it
+            make_export_domain(outdir, owner=(36, 36))
+            output = ["-o", "rhv", "--verify-boot-conn", libvirtd.uri]
         verdict, report = _convert(guest.extra["vmx"], outdir, *output)
         return verdict, report, outdir, before
 
@@ -137,15 +144,29 @@ def _read_output_file(disk: Path, device: str, path: str) -> bytes:
 def test_real_debian_variants_boot_after_conversion(
     variant: str, conversions: dict[str, Future[Converted]]
 ) -> None:
-    (verdict, booted), _report, outdir, before = conversions[variant].result()
+    (verdict, booted), report, outdir, before = conversions[variant].result()
     assert "configured with virtio drivers" in verdict, verdict
     assert " booted to its login prompt in " in booted, booted
-    if variant == "lvm":  # -o qemu: the script booted, its network not asked
-        assert "static addresses not checked" in booted, booted
+    if variant == "lvm":  # -o qemu: the script booted, its NIC tapped by qemu's net filters
+        address = STATIC_ADDRESS.split("/", maxsplit=1)[0]
+        assert f"{address} up ({MAC})" in booted, booted
+        boot = report["boot"]
+        assert isinstance(boot, dict)
+        assert (boot["ok"], boot["static_addresses"]) == (True, {address: MAC})
+        # The check's sockets lived in its work directory: none next to the output.
+        assert not [p for p in outdir.iterdir() if p.is_socket()]
+        assert not list(outdir.glob("*.verify-console.log"))
         script = (outdir / "debian12-vmware-lvm.sh").read_text()
         assert "virtio-blk-pci" in script
-    else:
-        xml = next(outdir.glob("*.xml")).read_text().replace('"', "'")
+    else:  # -o rhv: what was booted is what the OVF in the export domain names
+        (ovf,) = outdir.glob("*/master/vms/*/*.ovf")
+        text = ovf.read_text()
+        assert 'ovf:disk-interface="VirtIO"' in text
+        assert "<BiosType>2</BiosType>" in text  # q35 with OVMF
+        xml = ovf_domain_xml(ovf, ovf.parents[3]).replace('"', "'")
         assert "bus='virtio'" in xml
         assert "<os firmware='efi'>" in xml
+        # Nothing but the guest in the domain: no console saved, no staging left.
+        assert sorted(p.name for p in outdir.iterdir()) == [ovf.parents[3].name]
+        assert not list(outdir.rglob("*.verify-console.log"))
     assert {p: sha256(p) for p in before} == before

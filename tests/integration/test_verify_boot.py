@@ -9,6 +9,7 @@ import hashlib
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,13 +22,15 @@ from tests.integration.convert_runs import users_of
 from tests.integration.libvirt_fixture import PrivateLibvirtd, private_libvirtd
 from tests.integration.test_targets import CAPS, LINUX, MIB, NETWORKS, fake_copy, make_vm
 from vmshift.formats.libvirt_xml import domain_xml
-from vmshift.model.vm import Firmware
+from vmshift.model.vm import Firmware, Nic
 from vmshift.targets.base import TargetOptions
-from vmshift.targets.qemu import QemuTarget
+from vmshift.targets.qemu import QemuTarget, qemu_script
+from vmshift.targets.qemu_host import QEMU
 from vmshift.verify import arp
 from vmshift.verify.boot import BootPlan, BootVerdict, VerifyOptions, verify_boot
 from vmshift.verify.console import BootOutcome
 from vmshift.verify.domain import NicLink, verification_xml
+from vmshift.verify.filter_taps import FilterTaps, ScriptNic, script_nics
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +152,10 @@ def test_verify_boot_is_refused_up_front_where_the_output_cannot_be_booted(
 ) -> None:
     cases: list[tuple[list[str | Path], str]] = [
         (["-o", "null", "--verify-boot"],
-         "--verify-boot works with -o local, -o libvirt and -o qemu, not -o null"),
+         "--verify-boot works with -o local, -o libvirt, -o qemu and -o rhv, not -o null"),
+        (["-o", "rhv", "-os", "nfs.example:/export", "--verify-boot"],
+         "--verify-boot -o rhv: -os nfs.example:/export is mounted only while vmshift writes "
+         "to it; the boot check needs the export domain as a directory"),
         (["-o", "qemu", "-os", tmp_path, "--verify-boot", "--verify-boot-conn", "qemu:///x"],
          "--verify-boot-conn: -o qemu's guest boots from its script, not libvirt"),
         (["-o", "local", "-os", tmp_path, "--verify-boot-timeout", "60"],
@@ -189,9 +195,59 @@ def test_a_qemu_script_that_does_not_boot(tmp_path: Path) -> None:
     assert verdict.console_log.exists()
     assert _digest(disk) == before
     assert users_of(result.boot_script) == [], "qemu outlived the check"
+    # The NIC's sockets were in the work directory, and are gone.
+    assert not [p for p in workdir.iterdir() if p.is_socket()]
+    assert verdict.addresses == {}  # no login prompt: nothing asked
     # Nothing new next to the output but the saved console (no guest-agent socket).
     assert sorted(p.name for p in out.iterdir()) == [
         "blank-sda",
         "blank.sh",
         "blank.verify-console.log",
     ]
+
+
+def test_the_nics_of_the_script_vmshift_wrote(tmp_path: Path) -> None:
+    """-o qemu's check taps the NICs the script names: netdev ids and MACs as written."""
+    vm = replace(make_vm("two"), nics=(*make_vm().nics, Nic(None, "e1000", "VM Network")))
+    text = qemu_script(vm, CAPS, [(tmp_path / "two-sda", "raw")], name="two", accel="auto",
+                       directory=tmp_path)  # fmt: skip
+    assert script_nics(text) == [
+        ScriptNic("net0", "00:50:56:aa:00:01"),
+        ScriptNic("net1", "00:50:56:aa:00:02"),
+        ScriptNic("net2", None),
+    ]
+
+
+def _turned(arg: str) -> str:
+    """An option with its filter's queue turned around (rx <-> tx)."""
+    for queue, other in (("queue=rx", "queue=tx"), ("queue=tx", "queue=rx")):
+        if queue in arg:
+            return arg.replace(queue, other)
+    return arg
+
+
+def test_qemu_filters_frame_a_nics_traffic_as_the_stream_wire_reads_it(tmp_path: Path) -> None:
+    """The options FilterTaps gives a real qemu, with the queues turned around so that the
+    user-mode network itself (no guest needed) answers: an ARP request for its gateway goes
+    in through filter-redirector and slirp's reply comes out through filter-mirror, each a
+    length-framed frame on a Unix socket qemu connected to."""
+    taps = FilterTaps([ScriptNic("net0", "52:54:00:12:34:56")], tmp_path)
+    args = [_turned(a) for a in taps.qemu_args()]
+    proc = subprocess.Popen(
+        [QEMU, "-nodefaults", "-display", "none", "-machine", "pc,accel=tcg", "-m", "32",
+         "-netdev", "user,id=net0", "-device", "e1000,netdev=net0,mac=52:54:00:12:34:56", *args],
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wires = taps.accept(lambda: proc.poll() is None, time.monotonic() + 60)
+        assert wires is not None, proc.stderr.read() if proc.stderr else ""
+        # slirp's gateway answers with its own MAC, 52:55 then its address.
+        answers = arp.probe(wires, ["10.0.2.2"], time.monotonic() + 30)
+        assert answers == {"10.0.2.2": "52:55:0a:00:02:02"}
+        for wire in wires:
+            wire.close()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+        taps.close()
+    assert list(tmp_path.iterdir()) == []  # the sockets are gone

@@ -1,10 +1,16 @@
-"""Is an IPv4 address up in the guest? Ask it with ARP over the NIC's UDP wire.
+"""Is an IPv4 address up in the guest? Ask it with ARP over one of the NIC's wires.
 
-The boot check wires each NIC to a pair of UDP ports on 127.0.0.1 (qemu's socket netdev: one
-Ethernet frame per datagram). A guest that brought its static address up answers an ARP
-request for that address on the NIC that holds it, which proves more than a login prompt: the
-network configuration survived the conversion and the NIC's driver works. Nothing leaves
-127.0.0.1.
+A wire carries the NIC's Ethernet frames between the check and qemu, and nothing else: the
+guest reaches no network through it. Two transports, one ARP:
+- UdpWire (libvirt domains): the NIC is a qemu socket netdev on a pair of UDP ports on
+  127.0.0.1, one frame per datagram;
+- StreamWire (-o qemu's script): the NIC keeps its user-mode netdev; qemu's filter-mirror
+  copies the frames the guest sends to one Unix stream socket and filter-redirector delivers
+  to the guest what arrives on another. On both, each frame is a 4-byte big-endian length,
+  then the frame (net/filter-mirror.c, vnet_hdr_support off).
+A guest that brought its static address up answers an ARP request for that address on the
+NIC that holds it, which proves more than a login prompt: the network configuration survived
+the conversion and the NIC's driver works.
 """
 
 from __future__ import annotations
@@ -14,17 +20,38 @@ import select
 import socket
 import struct
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 BROADCAST = b"\xff" * 6
 # A locally administered address: no NIC in the world has it.
 PROBE_MAC = bytes.fromhex("02005e0a0b0c")
 ETH_ARP = 0x0806
 REQUEST, REPLY = 1, 2
+_LENGTH = struct.Struct("!I")
+
+
+class Wire(Protocol):
+    """One NIC's frames: select on it, then receive what arrived; send frames to the guest."""
+
+    @property
+    def mac(self) -> str | None: ...  # the NIC's MAC, as the target wrote it
+
+    @property
+    def ended(self) -> bool: ...  # nothing more will arrive
+
+    def fileno(self) -> int: ...
+
+    def send(self, frame: bytes) -> None: ...
+
+    def receive(self) -> list[bytes]: ...  # the frames readable now (select said so)
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
-class Wire:
+class UdpWire:
     """One NIC's UDP pair: `sock` is bound to the port qemu sends the guest's frames to;
     frames for the guest go to guest_port."""
 
@@ -32,11 +59,71 @@ class Wire:
     guest_port: int
     mac: str | None
 
+    @property
+    def ended(self) -> bool:
+        return False
 
-def open_wire(mac: str | None) -> Wire:
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, frame: bytes) -> None:
+        self.sock.sendto(frame, ("127.0.0.1", self.guest_port))
+
+    def receive(self) -> list[bytes]:
+        return [self.sock.recv(65536)]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class StreamWire:
+    """One NIC's pair of length-framed streams: `tapped` carries the guest's frames to the
+    check (filter-mirror's outdev), `inject` the check's frames to the guest
+    (filter-redirector's indev)."""
+
+    tapped: socket.socket
+    inject: socket.socket
+    mac: str | None
+    _pending: bytearray = field(default_factory=bytearray)
+    ended: bool = False  # qemu closed the stream
+
+    def fileno(self) -> int:
+        return self.tapped.fileno()
+
+    def send(self, frame: bytes) -> None:
+        try:
+            self.inject.sendall(_LENGTH.pack(len(frame)) + frame)
+        except OSError:  # qemu is gone: nothing will answer
+            self.ended = True
+
+    def receive(self) -> list[bytes]:
+        chunk = self.tapped.recv(65536)
+        self.ended = not chunk
+        self._pending += chunk
+        return unframe(self._pending)
+
+    def close(self) -> None:
+        self.tapped.close()
+        self.inject.close()
+
+
+def unframe(pending: bytearray) -> list[bytes]:
+    """Take the complete length-framed frames off the front of pending."""
+    frames = []
+    while len(pending) >= _LENGTH.size:
+        (size,) = _LENGTH.unpack_from(pending)
+        if len(pending) < _LENGTH.size + size:
+            break
+        frames.append(bytes(pending[_LENGTH.size : _LENGTH.size + size]))
+        del pending[: _LENGTH.size + size]
+    return frames
+
+
+def open_wire(mac: str | None) -> UdpWire:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
-    return Wire(sock, free_udp_port(), mac)
+    return UdpWire(sock, free_udp_port(), mac)
 
 
 def free_udp_port() -> int:
@@ -71,20 +158,29 @@ def reply_from(frame: bytes, address: str) -> str | None:
     return _mac_text(sender_mac)
 
 
-def sender(wires: list[Wire], wait: float) -> str | None:
+def _frames(wires: Sequence[Wire], wait: float) -> list[bytes]:
+    """The frames that arrive on the wires within wait seconds (those that ended aside)."""
+    live = [w for w in wires if not w.ended]
+    if not live:
+        time.sleep(wait)
+        return []
+    ready, _, _ = select.select(live, [], [], wait)
+    return [frame for wire in ready for frame in wire.receive()]
+
+
+def sender(wires: Sequence[Wire], wait: float) -> str | None:
     """Within wait seconds, the guest MAC that sent a frame on one of the wires, if any: a
-    guest whose NIC driver works talks (DHCP, ARP, neighbour discovery) once it is up."""
-    ready, _, _ = select.select([w.sock for w in wires], [], [], wait)
+    guest whose NIC driver works talks (DHCP, ARP, neighbour discovery) once it is up. The
+    frames read are gone: this also keeps the wires drained."""
     macs = {w.mac.lower() for w in wires if w.mac}
-    for sock in ready:
-        frame = sock.recv(65536)
+    for frame in _frames(wires, wait):
         source = _mac_text(frame[6:12]) if len(frame) >= 14 else ""
         if source in macs:
             return source
     return None
 
 
-def probe(wires: list[Wire], addresses: list[str], deadline: float) -> dict[str, str | None]:
+def probe(wires: Sequence[Wire], addresses: list[str], deadline: float) -> dict[str, str | None]:
     """Ask every wire for every address, once a second, until each has answered or the
     deadline; returns address -> the MAC that answered (None: no answer)."""
     answers: dict[str, str | None] = dict.fromkeys(addresses)
@@ -94,11 +190,9 @@ def probe(wires: list[Wire], addresses: list[str], deadline: float) -> dict[str,
         if now >= next_ask:
             for address in (a for a, mac in answers.items() if mac is None):
                 for wire in wires:
-                    wire.sock.sendto(request(address), ("127.0.0.1", wire.guest_port))
+                    wire.send(request(address))
             next_ask = now + 1.0
-        ready, _, _ = select.select([w.sock for w in wires], [], [], 0.2)
-        for sock in ready:
-            frame = sock.recv(65536)
+        for frame in _frames(wires, 0.2):
             for address in answers:
                 mac = reply_from(frame, address)
                 if mac is not None:

@@ -4,9 +4,11 @@ The guest runs as a transient libvirt domain (verify/domain.py says how it diffe
 target's XML: overlays over the output disks, NICs on private UDP wires), started paused so
 the console is read from the first byte. Proof of life is the login prompt on the serial
 console; for a guest whose static IPv4 configuration was kept, also an ARP answer for each
-static address (verify/arp.py). On a host without KVM the guest runs under TCG, and the
-verdict says so. Whatever happens, the domain is destroyed and its overlays removed; the
-console is saved next to the output when the guest did not come up.
+static address (verify/arp.py). -o qemu's script runs instead of a domain, its NICs tapped
+by qemu's net filters (verify/filter_taps.py), and the same checks apply. On a host without
+KVM the guest runs under TCG, and the verdict says so. Whatever happens, the domain is
+destroyed and its overlays removed; the console is saved next to the output when the guest
+did not come up.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from vmshift.process import CommandFailed, run
 from vmshift.verify import arp
 from vmshift.verify.console import ALIVE, DESCRIPTIONS, BootOutcome, classify, tail
 from vmshift.verify.domain import NicLink, disk_images, nic_macs, verification_xml
+from vmshift.verify.filter_taps import FilterTaps, script_nics
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,8 @@ class VerifyOptions:
 class BootPlan:
     """What to boot: the target's domain XML and what to expect of it."""
 
-    xml: str | None  # the target's libvirt domain XML (-o local, -o libvirt)
+    # The target's libvirt domain XML (-o local, -o libvirt; -o rhv: made from its OVF)
+    xml: str | None
     name: str  # the guest's name on the target
     addresses: tuple[str, ...]  # static IPv4 addresses that should come up
     save_dir: Path  # where the console goes when the guest does not come up
@@ -71,7 +75,6 @@ class BootVerdict:
     console_log: Path | None = None  # saved when the guest did not come up
     console_tail: str = ""
     nic: str | None = None  # NIC_UP: the MAC that spoke
-    unchecked: str | None = None  # why the static addresses were not asked for, if not
 
     def line(self, name: str) -> str:
         """The final line about the boot check."""
@@ -90,8 +93,6 @@ class BootVerdict:
         text = f"vmshift: {name} booted {proof} in {self.seconds:.0f} s{how}"
         if up:
             text += "; " + ", ".join(up)
-        if self.unchecked:
-            text += f"; static addresses not checked: {self.unchecked}"
         if down:
             text += "; static address not up: " + ", ".join(down)
             if self.console_log:
@@ -155,7 +156,7 @@ def _boot_domain(plan: BootPlan, workdir: Path, opts: VerifyOptions) -> BootVerd
         with contextlib.suppress(Exception):
             conn.close()
         for wire in wires:
-            wire.sock.close()
+            wire.close()
     return verdict
 
 
@@ -210,7 +211,7 @@ def _boot(
     xml: str,
     plan: BootPlan,
     *,
-    wires: list[arp.Wire],
+    wires: Sequence[arp.Wire],
     opts: VerifyOptions,
     tcg: bool,
 ) -> BootVerdict:
@@ -230,8 +231,8 @@ def _boot(
         reader.start()
         started = time.monotonic()
         dom.resume()
-        wires_seen = wires if plan.network_proof else []
-        outcome, nic = _watch(reader, dom.isActive, started + opts.timeout, wires_seen)
+        outcome, nic = _watch(reader, dom.isActive, started + opts.timeout, wires,
+                             plan.network_proof)  # fmt: skip
         seconds = time.monotonic() - started
         answers: dict[str, str | None] = {}
         if outcome in ALIVE and plan.addresses:
@@ -251,13 +252,18 @@ def _boot(
 
 
 def _watch(
-    reader: _ConsoleReader, running: Callable[[], Any], deadline: float, wires: list[arp.Wire]
+    reader: _ConsoleReader,
+    running: Callable[[], Any],
+    deadline: float,
+    wires: Sequence[arp.Wire],
+    network_proof: bool,
 ) -> tuple[BootOutcome, str | None]:
-    """Wait for what the console (or, given wires, the guest's NIC) shows of the boot."""
+    """Wait for what the console (or, for network_proof, the guest's NIC) shows of the boot.
+    The wires are drained meanwhile: a stream qemu writes to must not fill up."""
     while time.monotonic() < deadline:
         found = classify(reader.snapshot())
-        nic = arp.sender(wires, 0.0) if found is None and wires else None
-        if nic is not None:
+        nic = arp.sender(wires, 0.0) if wires else None
+        if nic is not None and found is None and network_proof:
             return BootOutcome.NIC_UP, nic
         if found is not None:
             return found, None
@@ -270,9 +276,14 @@ def _watch(
 def _boot_script(script: Path, plan: BootPlan, workdir: Path, opts: VerifyOptions) -> BootVerdict:
     """-o qemu: run the script as the user would, with -snapshot (its disks are never
     written) in a network namespace of its own (user-mode networking reaches nothing), its
-    serial console on the pipe. The script picks KVM or TCG itself."""
+    serial console on the pipe, and its NICs tapped (verify/filter_taps.py) for the ARP
+    check. The script picks KVM or TCG itself."""
+    try:
+        taps = FilterTaps(script_nics(script.read_text()), workdir)
+    except OSError as exc:
+        raise BootCheckError(f"--verify-boot: cannot listen for the guest's NICs: {exc}") from exc
     netns = ["unshare", "--net"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--net"]
-    argv = [*netns, "--", str(script), "-snapshot", "-no-reboot"]
+    argv = [*netns, "--", str(script), "-snapshot", "-no-reboot", *taps.qemu_args()]
     log.info("boot check: %s", " ".join(argv))
     before = set(script.parent.iterdir())
     # qemu's messages go to a file: a pipe nobody reads until the end could fill and stall it.
@@ -285,9 +296,18 @@ def _boot_script(script: Path, plan: BootPlan, workdir: Path, opts: VerifyOption
     reader = _ConsoleReader(lambda n: os.read(out_fd, n))
     reader.start()
     started = time.monotonic()
+    wires: list[arp.StreamWire] = []
+    answers: dict[str, str | None] = {}
+
+    def running() -> bool:
+        return proc.poll() is None
+
     try:
-        outcome, _ = _watch(reader, lambda: proc.poll() is None, started + opts.timeout, [])
+        wires = taps.accept(running, started + min(opts.timeout, 60.0)) or []
+        outcome, nic = _watch(reader, running, started + opts.timeout, wires, plan.network_proof)
         seconds = time.monotonic() - started
+        if outcome in ALIVE and plan.addresses:
+            answers = arp.probe(wires, list(plan.addresses), time.monotonic() + ADDRESS_WAIT)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
@@ -295,15 +315,18 @@ def _boot_script(script: Path, plan: BootPlan, workdir: Path, opts: VerifyOption
         reader.join(timeout=10)  # it reads to the end of the console
         proc.stdin.close()
         proc.stdout.close()
+        for wire in wires:
+            wire.close()
+        taps.close()
         _remove_new_sockets(script.parent, before)
+    log.info("boot check: %s after %.0f s; addresses %s", outcome, seconds, answers)
     console = tail(reader.snapshot(), 200)
     err = stderr_path.read_text(errors="replace").strip()
     if outcome is BootOutcome.QEMU_EXIT and err:
         console += "\n[qemu stderr]\n" + err
     accel = "kvm" if detect_accelerator().is_kvm else "tcg"
-    unchecked = "-o qemu's user-mode network cannot be asked" if plan.addresses else None
-    return BootVerdict(outcome is BootOutcome.LOGIN, outcome, seconds, accel,
-                       console_tail=console, unchecked=unchecked)  # fmt: skip
+    ok = outcome in ALIVE and None not in answers.values()
+    return BootVerdict(ok, outcome, seconds, accel, answers, None, console, nic)
 
 
 def _remove_new_sockets(directory: Path, before: set[Path]) -> None:
