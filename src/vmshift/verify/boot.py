@@ -234,9 +234,7 @@ def _boot(
         outcome, nic = _watch(reader, dom.isActive, started + opts.timeout, wires,
                              plan.network_proof)  # fmt: skip
         seconds = time.monotonic() - started
-        answers: dict[str, str | None] = {}
-        if outcome in ALIVE and plan.addresses:
-            answers = arp.probe(wires, list(plan.addresses), time.monotonic() + ADDRESS_WAIT)
+        answers = _answers(outcome, wires, plan)
         log.info("boot check: %s after %.0f s; addresses %s", outcome, seconds, answers)
         return BootVerdict(
             outcome in ALIVE and None not in answers.values(),
@@ -249,6 +247,16 @@ def _boot(
             reader.join(timeout=10)
         with contextlib.suppress(Exception):
             stream.abort()
+
+
+def _answers(
+    outcome: BootOutcome, wires: Sequence[arp.Wire], plan: BootPlan
+) -> dict[str, str | None]:
+    """Once the guest is alive: each static address and the MAC that answered for it (None:
+    no answer within ADDRESS_WAIT)."""
+    if outcome not in ALIVE or not plan.addresses:
+        return {}
+    return arp.probe(wires, list(plan.addresses), time.monotonic() + ADDRESS_WAIT)
 
 
 def _watch(
@@ -297,7 +305,6 @@ def _boot_script(script: Path, plan: BootPlan, workdir: Path, opts: VerifyOption
     reader.start()
     started = time.monotonic()
     wires: list[arp.StreamWire] = []
-    answers: dict[str, str | None] = {}
 
     def running() -> bool:
         return proc.poll() is None
@@ -306,8 +313,7 @@ def _boot_script(script: Path, plan: BootPlan, workdir: Path, opts: VerifyOption
         wires = taps.accept(running, started + min(opts.timeout, 60.0)) or []
         outcome, nic = _watch(reader, running, started + opts.timeout, wires, plan.network_proof)
         seconds = time.monotonic() - started
-        if outcome in ALIVE and plan.addresses:
-            answers = arp.probe(wires, list(plan.addresses), time.monotonic() + ADDRESS_WAIT)
+        answers = _answers(outcome, wires, plan)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
