@@ -27,6 +27,8 @@ DEBS=(
     # -ic esx:// and vpx://: disks are read by vmshift's nbdkit python plugin (https_plugin.py);
     # the tests build govmomi's vSphere simulator from Debian's Go sources.
     nbdkit-plugin-python golang-go golang-github-vmware-govmomi-dev
+    # P2V sends only used blocks (partclone's maps); its tests make btrfs, exfat and vfat (mtools).
+    partclone btrfs-progs exfatprogs mtools
 )
 
 missing=()

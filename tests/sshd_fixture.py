@@ -75,8 +75,13 @@ def _wait_for_banner(proc: subprocess.Popen[bytes], port: int, log: Path) -> Non
 
 
 @contextlib.contextmanager
-def private_sshd(root: Path) -> Iterator[Sshd]:
-    """sshd -D with everything under root; skips the test where sshd is missing."""
+def private_sshd(
+    root: Path, key_options: str = "", extra_config: tuple[str, ...] = ()
+) -> Iterator[Sshd]:
+    """sshd -D with everything under root; skips the test where sshd is missing.
+
+    key_options: what the authorized_keys line puts before the client's key (a forced
+    command: `command="..."`); extra_config: more sshd_config lines."""
     if not Path(SSHD).exists() or shutil.which("ssh-keygen") is None:
         pytest.skip("needs OpenSSH's sshd and ssh-keygen")
     root.mkdir(parents=True, exist_ok=True)
@@ -84,7 +89,8 @@ def private_sshd(root: Path) -> Iterator[Sshd]:
     _keygen(host_key, "vmshift-test-host")
     _keygen(client_key, "vmshift-test-client")
     authorized = root / "authorized_keys"
-    shutil.copy(client_key.with_suffix(".pub"), authorized)
+    prefix = f"{key_options} " if key_options else ""
+    authorized.write_text(prefix + client_key.with_suffix(".pub").read_text())
     port = _free_port()
     host_pub = host_key.with_suffix(".pub")
     known_hosts = root / "known_hosts"
@@ -106,6 +112,7 @@ def private_sshd(root: Path) -> Iterator[Sshd]:
                 "KbdInteractiveAuthentication no",
                 "Subsystem sftp internal-sftp",
                 "LogLevel VERBOSE",
+                *extra_config,
             ]
         )
         + "\n"

@@ -13,7 +13,7 @@ import shlex
 import shutil
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +43,10 @@ def run(
     *,
     timeout: float | None = None,
     input_bytes: bytes | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
-    """Run argv, return its result; raise CommandFailed on a non-zero exit."""
+    """Run argv (in env, if given), return its result; raise CommandFailed on a non-zero
+    exit."""
     if shutil.which(argv[0]) is None:
         raise EnvironmentProblem(
             f"{argv[0]}: program not found", hint="run 'make setup' to install what vmshift needs"
@@ -52,7 +54,12 @@ def run(
     log.info("running: %s", shlex.join(argv))
     try:
         proc = subprocess.run(
-            list(argv), capture_output=True, timeout=timeout, input=input_bytes, check=False
+            list(argv),
+            capture_output=True,
+            timeout=timeout,
+            input=input_bytes,
+            check=False,
+            env=None if env is None else dict(env),
         )
     except subprocess.TimeoutExpired as exc:
         raise CommandFailed(argv, -1, f"timed out after {timeout} s") from exc

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import subprocess
 import tempfile
@@ -64,9 +65,12 @@ def _ignore(_ctx: object, _err: object) -> None:
 
 
 @contextlib.contextmanager
-def private_libvirtd(sasl_login: tuple[str, str] | None = None) -> Iterator[PrivateLibvirtd]:
+def private_libvirtd(
+    sasl_login: tuple[str, str] | None = None, user: int = UNPRIVILEGED
+) -> Iterator[PrivateLibvirtd]:
     """The daemon; with sasl_login (user, password) its socket asks for that login (SASL
-    SCRAM-SHA-256, from a sasldb of its own: SASL_CONF_PATH points the daemon at it)."""
+    SCRAM-SHA-256, from a sasldb of its own: SASL_CONF_PATH points the daemon at it). Run by
+    root, it runs as uid user (and its group of the same number, as nobody's)."""
     daemon = _libvirtd()
     if daemon is None:
         pytest.skip("libvirtd is not installed")
@@ -99,10 +103,11 @@ def private_libvirtd(sasl_login: tuple[str, str] | None = None) -> Iterator[Priv
     argv = [daemon, "--timeout", IDLE_TIMEOUT]
     uid = os.geteuid()
     if uid == 0:
-        uid = UNPRIVILEGED
-        argv = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv]
+        uid = user
+        gid = pwd.getpwuid(uid).pw_gid
+        argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", *argv]
         for path in [root, *root.rglob("*")]:
-            os.chown(path, uid, uid)
+            os.chown(path, uid, gid)
     socket = root / "run" / "libvirt" / "libvirt-sock"
     log = (root / "libvirtd.log").open("wb")
     proc = subprocess.Popen(

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "convert": "vmshift.cli.convert_cmd",
     "inspect": "vmshift.cli.inspect_cmd",
     "profiles": "vmshift.cli.profiles_cmd",
+    "p2v-server": "vmshift.cli.p2v_server_cmd",
 }
 
 log = logging.getLogger("vmshift")

@@ -11,4 +11,6 @@ SOURCES: dict[str, str] = {
     "libvirt": "vmshift.sources.libvirt:LibvirtSource",
     # -i libvirt with -ic esx://... or vpx://... (virt-v2v's spelling) picks this one.
     "vsphere": "vmshift.sources.vsphere:VsphereSource",
+    # -i p2v REQUEST.json: what `vmshift p2v-server` runs for a P2V client (sources/p2v.py).
+    "p2v": "vmshift.sources.p2v:P2VSource",
 }

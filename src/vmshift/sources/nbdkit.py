@@ -108,8 +108,11 @@ class NbdkitServers:
 
     def fetched(self) -> dict[str, int]:
         """Bytes the plugins read per counted disk: so far, or in all once closed."""
-        live = {s.label: read_log(s.reads).fetched for s in self._served if s.reads}
-        return {**self._fetched, **live}
+        total = dict(self._fetched)
+        for served in self._served:
+            if served.reads:
+                total[served.label] = total.get(served.label, 0) + read_log(served.reads).fetched
+        return total
 
     def lost(self, where: str, retried: str) -> SourceError | None:
         """RemoteSource.lost(): the first counted disk whose reads ended in failure, after
@@ -123,17 +126,25 @@ class NbdkitServers:
                 )
         return None
 
+    def alive(self, sock: Path) -> bool:
+        """Whether the nbdkit serving sock still runs (nbdkit 1.32 can abort when a client's
+        connection is reset mid-reply: a dropped P2V link)."""
+        return any(s.sock == sock and s.proc.poll() is None for s in self._served)
+
     def retire(self, sock: Path) -> None:
         """Stop serving sock's disk, which something else now provides."""
         for served in [s for s in self._served if s.sock == sock]:
             stop(served.proc)
+            if served.reads:  # what it read counts; a new nbdkit starts its log afresh
+                got = read_log(served.reads).fetched
+                self._fetched[served.label] = self._fetched.get(served.label, 0) + got
             self._served.remove(served)
 
     def close(self) -> None:
         for served in self._served:
             stop(served.proc)
         # The logs live in the work directory, which goes once the source is closed.
-        self._fetched.update(self.fetched())
+        self._fetched = self.fetched()
         self._served.clear()
         for link in self._links:
             link.unlink(missing_ok=True)
