@@ -219,6 +219,9 @@ def test_the_run_is_relayed_then_its_verdict(tmp_path: Path, short_dir: Path) ->
     assert events[-1]["event"] == "done" and events[-1]["rc"] == 0
     assert "vmshift: web01 configured with virtio drivers." in events[-1]["summary"]  # type: ignore[operator]
     # The stable names the conversion reads lead to this connection's sockets.
+    # The server's side has the run's output too, progress included.
+    run_log = (short_dir / "p2v-0123456789abcdef" / "run.log").read_text()
+    assert "copy web01-sda 50 100 50%" in run_log
     assert (short_dir / "p2v-0123456789abcdef" / "sda.sock").readlink() == Path("sda.c0ffee.sock")
 
 

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,11 +190,19 @@ class Conversion:
     """One `vmshift convert -i p2v` child, its output relayed as events to out."""
 
     def __init__(
-        self, argv: list[str], environ: dict[str, str], out: IO[str], keep: Sequence[int] = ()
+        self,
+        argv: list[str],
+        environ: dict[str, str],
+        out: IO[str],
+        keep: Sequence[int] = (),
+        log: IO[str] | None = None,
     ) -> None:
         """keep: file descriptors the run inherits (the session's lock, so that it stays held
-        until the run has ended even if this process is killed first)."""
+        until the run has ended even if this process is killed first); log: where the run's
+        output is also written, on the server's side (SESSION/run.log: `tail -f` shows each
+        disk's progress there too)."""
         self.out = out
+        self.log = log
         self.lock = threading.Lock()
         self.tail: list[str] = []
         self.proc = subprocess.Popen(
@@ -217,6 +226,10 @@ class Conversion:
             if not line:
                 continue
             event = event_of(line, name)
+            if self.log is not None:
+                with self.lock:
+                    self.log.write(line + "\n")
+                    self.log.flush()
             if event["event"] == "log":
                 with self.lock:
                     self.tail = [*self.tail, line][-SUMMARY_LINES:]
@@ -297,10 +310,12 @@ def convert(
         tmp.write_text(json.dumps(request.to_json(), indent=2) + "\n")
         tmp.replace(request_file)
         log("running " + shlex.join(argv[2:]))
-        conversion = Conversion(argv, environ, stdout, keep=(lock.fileno(),))
-        on_start(conversion)
-        threading.Thread(target=watch_input, args=(stdin, conversion), daemon=True).start()
-        return conversion.wait()
+        with (directory / "run.log").open("a") as run_log:
+            run_log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv[2:])}\n")
+            conversion = Conversion(argv, environ, stdout, keep=(lock.fileno(),), log=run_log)
+            on_start(conversion)
+            threading.Thread(target=watch_input, args=(stdin, conversion), daemon=True).start()
+            return conversion.wait()
 
 
 def _point_sockets(request: P2VRequest) -> None:
