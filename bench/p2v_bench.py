@@ -80,7 +80,7 @@ def dd_run(disk: Path, sshd_root: Path, compress: bool) -> Sample:
             subprocess.run(ssh, stdin=dd.stdout, check=True)
             dd.wait()
             seconds = time.monotonic() - start
-    label = "dd | ssh -C" if compress else "dd | ssh"
+    label = "dd \\| ssh -C" if compress else "dd \\| ssh"  # escaped: a Markdown table cell
     return Sample(label, seconds, seconds, sum(wire.values()))
 
 
