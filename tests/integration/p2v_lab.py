@@ -108,7 +108,9 @@ class P2VServer:
 
 
 @contextlib.contextmanager
-def p2v_server(verify_conn: str | None) -> Iterator[P2VServer]:
+def p2v_server(verify_conn: str | None, password: str | None = None) -> Iterator[P2VServer]:
+    """The server; with password, the user also logs in with that password, the forced
+    command then given by sshd_config's ForceCommand (as a site without keys would)."""
     user = conversion_user()
     root = Path(tempfile.mkdtemp(prefix="vmshift-p2v-lab-", dir="/var/tmp"))
     root.chmod(0o755)
@@ -127,10 +129,18 @@ def p2v_server(verify_conn: str | None) -> Iterator[P2VServer]:
         if verify_conn:
             command += ["--verify-boot-conn", verify_conn]
         forced = f'command="{" ".join(command)}",no-pty,no-agent-forwarding,no-X11-forwarding'
-        with private_sshd(root / "sshd", key_options=forced,
-                          extra_config=(f"AllowUsers {USER}",)) as sshd:  # fmt: skip
+        config = [f"AllowUsers {USER}"]
+        if password is not None:
+            hashed = subprocess.run(["openssl", "passwd", "-6", password], capture_output=True,
+                                    text=True, check=True).stdout.strip()  # fmt: skip
+            subprocess.run(["usermod", "-p", hashed, USER], check=True, capture_output=True)
+            config += [f"Match User {USER}", "  PasswordAuthentication yes",
+                       f"  ForceCommand {' '.join(command)}"]  # fmt: skip
+        with private_sshd(root / "sshd", key_options=forced, extra_config=tuple(config)) as sshd:
             yield P2VServer(sshd, root, export, local, sessions)
     finally:
+        if password is not None:  # no password left on the account
+            subprocess.run(["usermod", "-p", "*", USER], check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
 

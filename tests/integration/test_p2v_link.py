@@ -1,0 +1,90 @@
+"""The P2V client's SSH link against the lab's real sshd (no conversion): what the UI's "Test
+connection" shows, a password login, and host keys that are not the server's refused in one
+line, before anything is sent."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.p2v_lab import (
+    LOCAL_PROFILE,
+    PROFILE,
+    USER,
+    P2VServer,
+    loop_device,
+    p2v_server,
+)
+from vmshift import __version__
+from vmshift.p2v.client import test_connection as connection_test
+from vmshift.p2v.settings import P2VSettings
+from vmshift.p2v.ssh_link import LinkError
+
+PASSWORD = "p2v-lab-Secret-1"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[P2VServer]:
+    with p2v_server(None, password=PASSWORD) as lab:
+        yield lab
+
+
+def _settings(server: P2VServer, **changes: object) -> P2VSettings:
+    base = P2VSettings(server="127.0.0.1", port=server.sshd.port, user=USER,
+                       identity=str(server.sshd.identity), hostkey=server.hostkey)  # fmt: skip
+    return P2VSettings(**{**base.__dict__, **changes})  # type: ignore[arg-type]
+
+
+def test_the_connection_test_shows_the_server(server: P2VServer) -> None:
+    info = connection_test(_settings(server))
+    assert info.version == __version__
+    assert info.user == USER
+    assert info.host_key == server.hostkey
+    assert [p.name for p in info.profiles] == [PROFILE, LOCAL_PROFILE]
+    assert [p.output for p in info.profiles] == ["rhv", "local"]
+    assert info.profiles[0].storage == str(server.export)
+
+
+def test_a_password_login(server: P2VServer) -> None:
+    info = connection_test(_settings(server, identity=None, password=PASSWORD))
+    assert info.user == USER
+
+
+def test_a_wrong_password_is_one_line(server: P2VServer) -> None:
+    with pytest.raises(LinkError, match=r"login refused"):
+        connection_test(_settings(server, identity=None, password="not-it"))
+
+
+def test_a_host_key_that_is_not_the_servers_is_refused(server: P2VServer) -> None:
+    other = "SHA256:" + "A" * 43
+    with pytest.raises(LinkError) as caught:
+        connection_test(_settings(server, hostkey=other))
+    assert caught.value.message == (
+        f"127.0.0.1:{server.sshd.port}: the server's host key is {server.hostkey}, "
+        f"not {other} (p2v.hostkey=): refused"
+    )
+
+
+def test_an_unknown_host_key_is_refused_by_the_command(server: P2VServer, tmp_path: Path) -> None:
+    """No p2v.hostkey= and a known_hosts that does not name the server (HOME is a new
+    directory): one line, a non-zero exit, nothing sent."""
+    image = tmp_path / "disk.img"
+    with image.open("wb") as f:
+        f.truncate(64 << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    with loop_device(image) as disk:
+        words = server.cmdline(f"p2v.disks={disk}").replace(f" p2v.hostkey={server.hostkey}", "")
+        exe = Path(sys.executable).parent / "vmshift-p2v"
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path)}
+        proc = subprocess.run([str(exe), "--cmdline", words], capture_output=True, text=True,
+                              env=env, timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines()[0] == (
+        f"vmshift-p2v: error: {USER}@127.0.0.1:{server.sshd.port}: the server's host key is not "
+        "known here: refused"
+    ), proc.stderr
+    assert "Traceback" not in proc.stderr
