@@ -4,6 +4,7 @@ line, before anything is sent."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ def server() -> Iterator[P2VServer]:
 def _settings(server: P2VServer, **changes: object) -> P2VSettings:
     base = P2VSettings(server="127.0.0.1", port=server.sshd.port, user=USER,
                        identity=str(server.sshd.identity), hostkey=server.hostkey)  # fmt: skip
-    return P2VSettings(**{**base.__dict__, **changes})  # type: ignore[arg-type]
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
 def test_the_connection_test_shows_the_server(server: P2VServer) -> None:
