@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vmshift import __version__
+from vmshift.cli.signals import GUARD
 from vmshift.errors import VmshiftError
 from vmshift.p2v.events import DiskProgress, Finished, LogLine, P2VEvent, StageChange
 from vmshift.p2v.settings import P2VSettings
@@ -137,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings, booted = _settings(args)
         if settings.unattended:
+            # SIGTERM and SIGHUP as Ctrl-C: the exports, the link and the temporary files go
+            # (the UI's textual loop has its own handling, so only here).
+            GUARD.install()
             rc = unattended(settings)
             post = settings.post or ("poweroff" if booted else "exit")
             return _post(post, rc)
@@ -150,8 +155,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"vmshift-p2v: hint: {exc.hint}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("vmshift-p2v: interrupted", file=sys.stderr)
-        return 130
+        signum = GUARD.signum or signal.SIGINT
+        GUARD.signum = signum
+        print(f"vmshift-p2v: {GUARD.message()}; the server ends its run as interrupted",
+              file=sys.stderr)  # fmt: skip
+        return 128 + signum
 
 
 if __name__ == "__main__":

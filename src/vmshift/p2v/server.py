@@ -250,6 +250,10 @@ class Conversion:
         rc = self.proc.wait()
         for t in threads:
             t.join()
+        if self.log is not None:
+            how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit {rc}"
+            self.log.write(f"--- the run ended: {how}\n")
+            self.log.flush()
         self.send({"event": "done", "rc": rc, "summary": self.tail})
         return rc
 

@@ -18,14 +18,16 @@ import hashlib
 import logging
 import os
 import shlex
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmshift.errors import VmshiftError
 from vmshift.process import stop
-from vmshift.sources.nbdkit import write_secret
+from vmshift.sources.nbdkit import MAX_SOCKET_PATH, write_secret
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ CONNECT_TIMEOUT = 15  # seconds for TCP and the SSH handshake
 ALIVE_INTERVAL = 5  # a dead link is noticed after ALIVE_INTERVAL * ALIVE_COUNT seconds
 ALIVE_COUNT = 3
 REMOTE_COMMAND = ("vmshift", "p2v-server")
+CONTROL_SUFFIX = 17  # what ssh appends to ControlPath while it sets the socket up
 
 
 class LinkError(VmshiftError):
@@ -93,7 +96,13 @@ class SshLink:
     def __init__(self, spec: LinkSpec, directory: Path) -> None:
         self.spec = spec
         self.directory = directory
+        # ssh binds the control socket at this path plus ".XXXXXXXXXXXXXXXX" first, and a Unix
+        # socket's path holds 107 bytes: a deep run directory gets a short one of its own.
+        self.short_dir: Path | None = None
         self.control = directory / "ctl"
+        if len(os.fsencode(self.control)) + CONTROL_SUFFIX > MAX_SOCKET_PATH:
+            self.short_dir = Path(tempfile.mkdtemp(prefix="vmshift-ssh-", dir="/tmp"))
+            self.control = self.short_dir / "ctl"
         self.master: subprocess.Popen[bytes] | None = None
         self.host_key = ""
         self.env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
@@ -219,3 +228,5 @@ class SshLink:
             stop(self.master, grace=5)
             self.master = None
         self.control.unlink(missing_ok=True)
+        if self.short_dir is not None:
+            shutil.rmtree(self.short_dir, ignore_errors=True)
