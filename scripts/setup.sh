@@ -29,6 +29,8 @@ DEBS=(
     nbdkit-plugin-python golang-go golang-github-vmware-govmomi-dev
     # P2V sends only used blocks (partclone's maps); its tests make btrfs, exfat and vfat (mtools).
     partclone btrfs-progs exfatprogs mtools
+    # `vmshift p2v-image` makes its hybrid ISO with grub-mkrescue (BIOS and UEFI GRUB images).
+    grub-pc-bin grub-efi-amd64-bin
 )
 
 missing=()

@@ -24,11 +24,14 @@ HEAVIEST_FIRST = (
     "test_linux_conversion.py",  # three real guests converted and booted, two at a time
     "test_inspect_guests.py",
     "test_convert_matrix.py",
+    "test_p2v_convert.py",  # three real-guest P2V conversions, two at a time
+    "test_p2v_image.py",  # the boot image built, booted under TCG, converting
     "test_windows_drivers.py",
     "test_resume.py",
     "test_real_debian_variants.py",
     "test_convert_pipeline.py",
     "test_vsphere_convert.py",
+    "test_p2v_resize.py",
     "test_linux_device_steps.py",
     "test_windows_firstboot.py",
     "test_linux_tools_network.py",

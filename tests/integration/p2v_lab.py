@@ -158,8 +158,23 @@ def loop_device(image: Path) -> Iterator[Path]:
         subprocess.run(["losetup", "-d", str(device)], check=False)
 
 
+class Wire(dict[str, int]):
+    """Bytes per direction ("dpt": to the port, "spt": from it); and the packets they were
+    in, whose IP and TCP headers (TCP_IP_HEADERS each) are part of those bytes."""
+
+    packets: int = 0
+
+    @property
+    def payload(self) -> int:
+        """The bytes the TCP connections carried, headers taken off."""
+        return sum(self.values()) - TCP_IP_HEADERS * self.packets
+
+
+TCP_IP_HEADERS = 52  # IPv4 (20) and TCP with timestamps (32), as Linux sends them on lo
+
+
 @contextlib.contextmanager
-def wire_counter(port: int) -> Iterator[dict[str, int]]:
+def wire_counter(port: int) -> Iterator[Wire]:
     """Bytes of every TCP packet to or from port on the loopback (both directions, headers
     included), counted by iptables; read into the dict when the block ends."""
     rules = [["OUTPUT", "-o", "lo", "-p", "tcp", "--dport", str(port)],
@@ -169,15 +184,16 @@ def wire_counter(port: int) -> Iterator[dict[str, int]]:
                               text=True, check=False)  # fmt: skip
         if proc.returncode != 0:
             pytest.skip(f"iptables cannot count here: {proc.stderr.strip()}")
-    counted: dict[str, int] = {}
+    counted = Wire()
     try:
         yield counted
     finally:
         listing = subprocess.run(["iptables", "-L", "OUTPUT", "-v", "-x", "-n"],
                                  capture_output=True, text=True, check=True).stdout  # fmt: skip
         for direction in ("dpt", "spt"):
-            m = re.search(rf"^\s*\d+\s+(\d+)\s+ACCEPT.*{direction}:{port}\b", listing, re.M)
-            counted[direction] = int(m.group(1)) if m else 0
+            m = re.search(rf"^\s*(\d+)\s+(\d+)\s+ACCEPT.*{direction}:{port}\b", listing, re.M)
+            counted[direction] = int(m.group(2)) if m else 0
+            counted.packets += int(m.group(1)) if m else 0
         for rule in rules:
             subprocess.run(["iptables", "-D", *rule, "-j", "ACCEPT"], check=False)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vmshift.errors import UsageError
-from vmshift.p2v.discovery import FsInfo, discover
+from vmshift.p2v.discovery import FsInfo, discover, read_hostname
 from vmshift.p2v.discovery import topology as cpu_topology
 from vmshift.p2v.fsprobe import parse_blkid_export, parse_sfdisk_json
 from vmshift.p2v.machine import Cpu, Disk, Interface, Machine, Partition, RemovableDevice
@@ -402,3 +402,14 @@ def test_real_read_only_loop_device(loop_device: str) -> None:
     )
     assert machine.memory > 0
     assert machine.cpu.count == os.cpu_count()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("db1\n", "db1"), ("(none)\n", "localhost"), ("", "localhost")]
+)
+def test_a_live_system_without_a_hostname_is_localhost(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    (tmp_path / "sys" / "kernel").mkdir(parents=True)
+    (tmp_path / "sys" / "kernel" / "hostname").write_text(text)
+    assert read_hostname(tmp_path) == expected

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "inspect": "vmshift.cli.inspect_cmd",
     "profiles": "vmshift.cli.profiles_cmd",
     "p2v-server": "vmshift.cli.p2v_server_cmd",
+    "p2v-image": "vmshift.cli.p2v_image_cmd",
 }
 
 log = logging.getLogger("vmshift")

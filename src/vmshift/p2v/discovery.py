@@ -118,7 +118,9 @@ def _natural(name: str) -> list[tuple[int, int | str]]:
 
 
 def read_hostname(procfs: Path) -> str:
-    return _read(procfs / "sys" / "kernel" / "hostname") or "localhost"
+    """The kernel's hostname; "(none)" (a live system that set none) counts as no name."""
+    name = _read(procfs / "sys" / "kernel" / "hostname")
+    return name if name and name != "(none)" else "localhost"
 
 
 def read_memory(procfs: Path) -> int:
