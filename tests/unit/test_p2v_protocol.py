@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from vmshift.errors import SourceError, UsageError
-from vmshift.model.vm import Controller, CpuTopology, Firmware
+from vmshift.model.vm import Controller, CpuTopology, Firmware, Removable
 from vmshift.p2v import server
 from vmshift.p2v.client import session_id
-from vmshift.p2v.machine import Cpu, Disk, Interface, Machine
+from vmshift.p2v.machine import Cpu, Disk, Interface, Machine, RemovableDevice
 from vmshift.p2v.ssh_link import fingerprint
 from vmshift.sources.base import SourceOptions
 from vmshift.sources.p2v import ForwardedDisk, P2VRequest, P2VSource
@@ -36,6 +36,9 @@ MACHINE = Machine(
            Disk("nvme0n1", "/dev/nvme0n1", 1 << 40)),
     interfaces=(Interface("eth0", "52:54:00:00:00:01", "virtio_net", "up"),
                 Interface("eth1", "52:54:00:00:00:02", "e1000e", "down")),
+    removables=(RemovableDevice("sr0", "/dev/sr0", "cdrom"),
+                RemovableDevice("sdc", "/dev/sdc", "usb"),
+                RemovableDevice("sr1", "/dev/sr1", "cdrom")),
 )  # fmt: skip
 
 
@@ -130,6 +133,7 @@ def _request(tmp_path: Path) -> Path:
                ForwardedDisk("nvme0n1", str(tmp_path / "nvme0n1.sock"), 1 << 40)),
         interfaces=("eth1", "eth0"),
         session="p2v-0123456789abcdef",
+        removables=("sr0", "sdc", "sr1"),
     )  # fmt: skip
     path = tmp_path / "request.json"
     path.write_text(json.dumps(request.to_json()))
@@ -150,6 +154,10 @@ def test_the_p2v_source_describes_the_machine(tmp_path: Path, exports: list[sock
     assert [(n.mac, n.model, n.network) for n in vm.nics] == [
         ("52:54:00:00:00:02", "e1000e", "eth1"), ("52:54:00:00:00:01", "virtio", "eth0"),
     ]  # fmt: skip
+    assert vm.removables == (Removable("cdrom", Controller.SATA, unit=0),
+                             Removable("cdrom", Controller.SATA, unit=1))  # fmt: skip
+    assert vm.warnings == ("sdc (usb): a removable disk gets no drive in the guest; convert it "
+                           "as a disk (p2v.disks=sdc) to keep it",)  # fmt: skip
     assert vm.read_remotely
     assert source.lost() is None
     exports[1].close()  # the link went: nothing answers on the forwarded socket
@@ -247,3 +255,32 @@ def test_watch_input_cancel_sends_sigint() -> None:
     assert fake.signals == [signal.SIGINT]
     server.watch_input(iter([]), fake)  # type: ignore[arg-type]
     assert fake.signals == [signal.SIGINT, signal.SIGHUP]
+
+
+@pytest.mark.parametrize(
+    ("chosen", "expected"), [((), ["sr0", "sr1"]), (("sr1", "sdc"), ["sr1", "sdc"])]
+)
+def test_the_request_names_the_drives_and_the_sockets(
+    tmp_path: Path, chosen: tuple[str, ...], expected: list[str]
+) -> None:
+    """Without p2v.removable=, every CD/DVD and floppy drive (not a USB disk); the disks'
+    stable socket names and this connection's forwarded ones."""
+    from vmshift.p2v import client
+    from vmshift.p2v.layout import Layout
+    from vmshift.p2v.settings import P2VSettings
+
+    served = client._Exports(tmp_path)
+    served.exports.append(client._Export(MACHINE.disks[0], tmp_path / "sda.sock", 5, Layout()))
+    settings = P2VSettings(server="h", profile="p", removable=chosen, network=(("eth0", "br0"),))
+    talk = client._Conversation(client.link_spec(settings), tmp_path, settings, MACHINE, "p2v-ab12",
+                                served, lambda _e: None, threading.Event())  # fmt: skip
+    doc = talk.request("/srv/s", "c0ffee", resume=True)
+    assert doc["request"]["removables"] == expected
+    assert doc["request"]["interfaces"] == ["eth0", "eth1"]
+    assert doc["request"]["disks"][0]["socket"] == "/srv/s/sda.sock"
+    assert doc["request"]["disks"][0]["forwarded"] == "/srv/s/sda.c0ffee.sock"
+    assert doc["options"] == {"profile": "p", "name": "web01", "vcpus": None, "memory": None,
+                              "network": [["eth0", "br0"]], "resume": True}  # fmt: skip
+    # And the server reads back what the client wrote.
+    request = P2VRequest.from_json(doc["request"], "test")
+    assert request.removables == tuple(expected)

@@ -310,6 +310,9 @@ class _Conversation:
         """The JSON line `p2v-server convert` reads: the P2VRequest and the options."""
         settings, machine = self.settings, self.machine
         interfaces = list(settings.interfaces) or [i.name for i in machine.interfaces]
+        # The removable media drives: the ones named, else every CD/DVD and floppy drive.
+        drives = [r.name for r in machine.removables if r.kind in ("cdrom", "floppy")]
+        removables = list(settings.removable) or drives
         disks = [
             {"name": e.disk.name, "socket": f"{remote}/{e.disk.name}.sock", "size": e.disk.size,
              "forwarded": f"{remote}/{e.disk.name}.{token}.sock",
@@ -323,6 +326,7 @@ class _Conversation:
             "machine": machine.to_json(),
             "disks": disks,
             "interfaces": interfaces,
+            "removables": removables,
         }
         options = {
             "profile": settings.profile,

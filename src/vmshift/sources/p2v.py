@@ -22,6 +22,7 @@ from vmshift.model.vm import (
     DiskEndpoint,
     Firmware,
     Nic,
+    Removable,
     SourceDisk,
     SourceVM,
 )
@@ -68,6 +69,7 @@ class P2VRequest:
     disks: tuple[ForwardedDisk, ...]
     interfaces: tuple[str, ...]  # NICs to give the guest, in order
     session: str  # the session id: the same machine's reconnects get the same one
+    removables: tuple[str, ...] = ()  # removable media to give the guest a drive for
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +81,7 @@ class P2VRequest:
                 for d in self.disks
             ],
             "interfaces": list(self.interfaces),
+            "removables": list(self.removables),
         }
 
     @classmethod
@@ -91,6 +94,7 @@ class P2VRequest:
                 disks=tuple(_forwarded(d) for d in doc["disks"]),
                 interfaces=tuple(str(i) for i in doc.get("interfaces", ())),
                 session=str(doc["session"]),
+                removables=tuple(str(r) for r in doc.get("removables", ())),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SourceError(f"{where}: a malformed P2V request ({exc})") from exc
@@ -169,6 +173,7 @@ class P2VSource:
                 raise SourceError(f"{self.path}: interface {name} is not in the description")
             driver = iface.driver or "unknown"
             nics.append(Nic(iface.mac, _NIC_MODELS.get(driver, driver), iface.name))
+        removables, warnings = self._removables(request)
         cpu = m.cpu
         return SourceVM(
             name=self.opts.name or m.hostname,
@@ -178,9 +183,31 @@ class P2VSource:
             firmware=Firmware.UEFI if m.firmware == "uefi" else Firmware.BIOS,
             disks=tuple(disks),
             nics=tuple(nics),
+            removables=removables,
+            warnings=warnings,
             origin="physical",
             source_file=str(self.path),
         )
+
+    def _removables(self, request: P2VRequest) -> tuple[tuple[Removable, ...], tuple[str, ...]]:
+        """An empty drive of the same kind for each chosen CD/DVD or floppy drive (what was in
+        it is not copied); a removable USB disk has no such drive: it is named in a warning."""
+        found = {r.name: r for r in request.machine.removables}
+        drives: list[Removable] = []
+        warnings: list[str] = []
+        for name in request.removables:
+            device = found.get(name)
+            if device is None:
+                raise SourceError(f"{self.path}: removable {name} is not in the description")
+            if device.kind in ("cdrom", "floppy"):
+                bus = Controller.SATA if device.kind == "cdrom" else Controller.UNKNOWN
+                unit = sum(1 for d in drives if d.kind == device.kind)
+                drives.append(Removable(device.kind, bus, unit=unit))
+            else:
+                why = "a removable disk gets no drive in the guest"
+                warnings.append(f"{name} ({device.kind}): {why}; convert it as a disk "
+                                f"(p2v.disks={name}) to keep it")  # fmt: skip
+        return tuple(drives), tuple(warnings)
 
     # RemoteSource: the disks cross the client's SSH link.
     def fetched(self) -> dict[str, int]:
