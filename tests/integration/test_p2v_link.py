@@ -112,7 +112,8 @@ def test_sigterm_ends_the_client_and_the_servers_run(server: P2VServer, tmp_path
     with image.open("wb") as f:
         f.truncate(64 << 20)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    scratch = tmp_path / "tmp"  # deep: the control socket must find a shorter path
+    # Deep, so that the control socket and the exports' sockets must take shorter paths.
+    scratch = tmp_path / ("deep-" + "d" * 60)
     scratch.mkdir()
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": str(scratch)}
     exe = Path(sys.executable).parent / "vmshift-p2v"

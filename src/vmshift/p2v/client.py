@@ -45,7 +45,7 @@ from vmshift.p2v.machine import Disk, Machine
 from vmshift.p2v.settings import P2VSettings
 from vmshift.p2v.ssh_link import LinkError, LinkSpec, SshLink
 from vmshift.p2v.usedmap import UsedMap, aligned, subtract, used_map, write_extentlist
-from vmshift.sources.nbdkit import NbdkitServers
+from vmshift.sources.nbdkit import NbdkitServers, reachable
 from vmshift.sources.p2v import REQUEST_SCHEMA
 
 log = logging.getLogger(__name__)
@@ -349,7 +349,9 @@ class _Conversation:
             self.served.revive(self.sink)
             token = secrets.token_hex(4)  # this connection's own socket names
             for export in self.exports:
-                link.forward(f"{remote}/{export.disk.name}.{token}.sock", export.sock)
+                # The path nbdkit listens on: a deep run directory's is a short link's.
+                local = reachable(export.sock)
+                link.forward(f"{remote}/{export.disk.name}.{token}.sock", local)
             where = f"{self.spec.server} (vmshift {hello.get('vmshift')})"
             self.sink(StageChange("convert", f"converting on {where}"))
             run = _Run(link, self.sink, self.exports)
