@@ -58,17 +58,21 @@ def conversion_user() -> pwd.struct_passwd:
     its own, no password (a '*', not a lock: sshd refuses key logins to locked accounts)."""
     if os.geteuid() != 0:
         pytest.skip("the P2V lab makes a conversion user: needs root")
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--shell", "/bin/sh", "--home-dir", HOME,
-                        "--create-home", USER], check=True, capture_output=True)  # fmt: skip
-        subprocess.run(["usermod", "-p", "*", USER], check=True, capture_output=True)
-    user = pwd.getpwnam(USER)
-    if user.pw_dir != HOME or not Path(HOME).is_dir():
-        subprocess.run(["usermod", "--home", HOME, USER], check=True, capture_output=True)
-        Path(HOME).mkdir(mode=0o700, exist_ok=True)
-        os.chown(HOME, user.pw_uid, user.pw_gid)
+    # Test workers in parallel (test_p2v_convert and test_p2v_image start together) make it
+    # once: the first under the lock, the others find it.
+    with Path(f"/var/tmp/.{USER}-user.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            pwd.getpwnam(USER)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--shell", "/bin/sh", "--home-dir", HOME,
+                            "--create-home", USER], check=True, capture_output=True)  # fmt: skip
+            subprocess.run(["usermod", "-p", "*", USER], check=True, capture_output=True)
+        user = pwd.getpwnam(USER)
+        if user.pw_dir != HOME or not Path(HOME).is_dir():
+            subprocess.run(["usermod", "--home", HOME, USER], check=True, capture_output=True)
+            Path(HOME).mkdir(mode=0o700, exist_ok=True)
+            os.chown(HOME, user.pw_uid, user.pw_gid)
     return pwd.getpwnam(USER)
 
 
