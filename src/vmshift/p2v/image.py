@@ -34,7 +34,6 @@ from vmshift.p2v.image_files import (
     IDENTITY,
     UDHCPC,
     UDHCPC_SCRIPT,
-    cmdline_words,
     init_script,
     power_script,
 )
@@ -48,6 +47,7 @@ from vmshift.p2v.image_system import (
     system_layer,
     unmount_under,
 )
+from vmshift.p2v.settings import cmdline_words
 from vmshift.workdir import make_workdir
 
 __all__ = ["ImageError", "ImageRequest", "ImageResult", "build_image"]

@@ -16,7 +16,6 @@ the consoles (a serial line is slow, and the machine is gone the instant reboot(
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 
 IDENTITY = "/etc/vmshift-p2v/id"  # where --inject-ssh-identity puts the key
@@ -218,8 +217,3 @@ def grub_cfg(words: Sequence[str]) -> str:
             "}",
         ]
     return "\n".join(lines) + "\n"
-
-
-def cmdline_words(text: str) -> list[str]:
-    """The words of a kernel command line, quoted values ("a b") kept whole."""
-    return shlex.split(text)
