@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 RECONNECT_WINDOW = 300.0  # seconds to get the link back before the run fails
 BACKOFF_MAX = 30.0
 PROBE_SESSION = "connection-test"
+HELLO_TIMEOUT = 60.0  # the server's first answer: its version and profiles
 
 
 def link_spec(settings: P2VSettings) -> LinkSpec:
@@ -70,8 +71,14 @@ def link_spec(settings: P2VSettings) -> LinkSpec:
 
 
 def _hello(link: SshLink, session: str) -> dict[str, Any]:
-    proc = subprocess.run(link.command("hello", session), capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+    try:
+        proc = subprocess.run(
+            link.command("hello", session), capture_output=True, text=True,
+            stdin=subprocess.DEVNULL, timeout=HELLO_TIMEOUT, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise LinkError(f"{link.spec.where}: `vmshift p2v-server` did not answer within "
+                        f"{HELLO_TIMEOUT:.0f} s") from None  # fmt: skip
     try:
         doc = json.loads(proc.stdout)
     except ValueError:
