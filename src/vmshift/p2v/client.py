@@ -105,8 +105,8 @@ def test_connection(settings: P2VSettings) -> ServerInfo:
     """Log in, ask the server who it is; LinkError (one line) when that fails."""
     with tempfile.TemporaryDirectory(prefix="vmshift-p2v-") as tmp:
         link = SshLink(link_spec(settings), Path(tmp))
-        link.open()
         try:
+            link.open()
             return _server_info(_hello(link, PROBE_SESSION), link.host_key)
         finally:
             link.close()
