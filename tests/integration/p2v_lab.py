@@ -29,6 +29,7 @@ import pytest
 
 from tests.conftest import vmshift
 from tests.export_domain import make_export_domain
+from tests.integration.p2v_disks import attached
 from tests.sshd_fixture import Sshd, private_sshd
 from vmshift.p2v.ssh_link import fingerprint
 
@@ -209,14 +210,9 @@ def used_data(image: Path) -> int:
                            check=True).stdout  # fmt: skip
     start = int(re.search(r'"start":\s*(\d+)', table).group(1)) * 512  # type: ignore[union-attr]
     size = int(re.search(r'"size":\s*(\d+)', table).group(1)) * 512  # type: ignore[union-attr]
-    argv = ["losetup", "-r", "-f", "--show", "-o", str(start), "--sizelimit", str(size)]
-    part = subprocess.run([*argv, str(image)], capture_output=True, text=True,
-                          check=True).stdout.strip()  # fmt: skip
-    try:
+    with attached(image, (start, size), ro=True) as part:
         head = subprocess.run(["dumpe2fs", "-h", part], capture_output=True, text=True,
                               check=True).stdout  # fmt: skip
-    finally:
-        subprocess.run(["losetup", "-d", part], check=False)
     fields = dict(re.findall(r"^([A-Za-z ]+):\s+(\d+)$", head, re.M))
     blocks = int(fields["Block count"]) - int(fields["Free blocks"])
     return start + blocks * int(fields["Block size"])
