@@ -31,6 +31,10 @@ DEBS=(
     partclone btrfs-progs exfatprogs mtools
     # `vmshift p2v-image` makes its hybrid ISO with grub-mkrescue (BIOS and UEFI GRUB images).
     grub-pc-bin grub-efi-amd64-bin
+    # Fleet plans across conversion hosts: Celery (from PyPI, see pyproject.toml) with a Redis
+    # broker; the tests start their own redis-server on 127.0.0.1. The plan dashboard's test
+    # drives Debian's Chromium headless (through Playwright, without its own browsers).
+    redis-server chromium
 )
 
 missing=()

@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, str] = {
     "profiles": "vmshift.cli.profiles_cmd",
     "p2v-server": "vmshift.cli.p2v_server_cmd",
     "p2v-image": "vmshift.cli.p2v_image_cmd",
+    "plan": "vmshift.cli.plan_cmd",
+    "worker": "vmshift.cli.worker_cmd",
 }
 
 log = logging.getLogger("vmshift")
