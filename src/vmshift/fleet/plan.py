@@ -32,6 +32,7 @@ Relative paths in a plan are relative to the plan file: each conversion runs the
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import tomllib
@@ -168,14 +169,9 @@ def _option_table() -> dict[str, _Option]:
     return table
 
 
-_OPTIONS: dict[str, _Option] | None = None
-
-
+@functools.cache
 def options_table() -> dict[str, _Option]:
-    global _OPTIONS
-    if _OPTIONS is None:
-        _OPTIONS = _option_table()
-    return _OPTIONS
+    return _option_table()
 
 
 def convert_argv(options: Mapping[str, Any], args: Sequence[str]) -> list[str]:
@@ -183,10 +179,7 @@ def convert_argv(options: Mapping[str, Any], args: Sequence[str]) -> list[str]:
     argv: list[str] = []
     for key, value in options.items():
         opt = table[key]
-        if opt.kind == "flag":
-            if value:
-                argv.append(opt.flag)
-        elif opt.kind == "noflag":
+        if opt.kind in ("flag", "noflag"):
             if value:
                 argv.append(opt.flag)
         elif opt.kind == "noflag-dest":
@@ -257,7 +250,9 @@ def load_plan(path: Path, *, text: str | None = None) -> Plan:
     known = {"defaults", "limits", "storage", "guest", "source", "plan"}
     for key in doc:
         if key not in known:
-            raise ConfigError(f"{path}: unknown table or key {key!r} (known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"{path}: unknown table or key {key!r} (known: {', '.join(sorted(known))})"
+            )
     defaults = _convert_options(f"{path} [defaults]", _table(path, doc, "defaults"), frozenset())
     limits = _limits(path, _table(path, doc, "limits"))
     storage = _table(path, doc, "storage")
