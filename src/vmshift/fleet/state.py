@@ -82,4 +82,7 @@ class PlanState(Protocol):
     def cancel_requested(self, name: str) -> bool:
         """Whether cancel() was asked for this guest or for the whole plan."""
 
+    def clear_cancels(self) -> None:
+        """Withdraw every cancel request of the plan (`plan run --retry-cancelled`)."""
+
     def close(self) -> None: ...
