@@ -24,6 +24,7 @@ from vmshift.p2v import server
 from vmshift.p2v.client import session_id
 from vmshift.p2v.machine import Cpu, Disk, Interface, Machine, RemovableDevice
 from vmshift.p2v.ssh_link import fingerprint
+from vmshift.progress_lines import event_of
 from vmshift.sources.base import SourceOptions
 from vmshift.sources.p2v import ForwardedDisk, P2VRequest, P2VSource
 
@@ -62,15 +63,15 @@ def test_bad_verbs_are_refused(words: list[str]) -> None:
 
 
 def test_machine_readable_lines_become_events() -> None:
-    assert server.event_of("copy web01-sda 1048576 4194304 25%", "stdout") == {
+    assert event_of("copy web01-sda 1048576 4194304 25%", "stdout") == {
         "event": "progress", "phase": "copy", "label": "web01-sda", "done": 1048576,
         "total": 4194304,
     }  # fmt: skip
-    assert server.event_of("stage copy 135.7 copying disks", "stdout") == {
+    assert event_of("stage copy 135.7 copying disks", "stdout") == {
         "event": "stage", "stage": "copy", "message": "copying disks",
     }  # fmt: skip
     # What the run says on stderr is log, even when it looks like progress.
-    assert server.event_of("copy a 1 2 50%", "stderr") == {"event": "log", "line": "copy a 1 2 50%"}
+    assert event_of("copy a 1 2 50%", "stderr") == {"event": "log", "line": "copy a 1 2 50%"}
 
 
 def test_options_become_a_convert_command_line(tmp_path: Path) -> None:

@@ -53,6 +53,9 @@ RUNNER_OPTIONS = frozenset({
 PLAN_GUEST_KEYS = frozenset({"args", "skip", "source-host"})
 SOURCE_SELECTORS = frozenset({"names", "folder", "glob", "regex", "exclude"})
 DEFAULT_PER_SOURCE_HOST = 2
+# Taken off a file's name to name its guest (web01.vmx is web01).
+NAME_SUFFIXES = (".vmx", ".ova", ".ovf", ".xml", ".qcow2", ".raw", ".img", ".vmdk", ".vdi",
+                 ".vhdx", ".vhd")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,11 @@ def _convert_options(where: str, table: Mapping[str, Any], extra: frozenset[str]
         if key in extra:
             continue
         _check_value(where, key, value)
-        options[_canonical(key)] = value
+        opt = options_table()[key]
+        if opt.kind == "noflag-dest":  # verify-copy = false is no-verify-copy = true
+            options[_canonical(opt.flag.lstrip("-"))] = not value
+        else:
+            options[_canonical(key)] = value
     return options
 
 
@@ -409,7 +416,7 @@ def guest_name(options: Mapping[str, Any], args: Sequence[str]) -> str:
     if mode in ("libvirt",) and "/" not in first:
         return first
     stem = Path(urlsplit(first).path if "://" in first else first).name
-    for suffix in (".vmx", ".ova", ".ovf", ".xml", ".qcow2", ".raw", ".img", ".vmdk"):
+    for suffix in NAME_SUFFIXES:
         if stem.endswith(suffix):
             return stem[: -len(suffix)]
     return stem

@@ -43,7 +43,7 @@ class GuestRecord:
     worker: str | None = None  # HOST:PID of the conversion's runner
     attempts: int = 0  # conversions started for it
     queued_at: float | None = None
-    started_at: float | None = None  # the conversion's first line
+    started_at: float | None = None  # the conversion started (its first line: the history)
     finished_at: float | None = None
     updated_at: float | None = None
 

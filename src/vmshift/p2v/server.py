@@ -37,13 +37,11 @@ from typing import IO, Any
 from vmshift import __version__
 from vmshift.errors import UsageError
 from vmshift.profiles import load_catalogue
+from vmshift.progress_lines import event_of
 from vmshift.sources.p2v import P2VRequest, answers
 
 SESSION_ID = re.compile(r"[a-z0-9][a-z0-9-]{3,63}")
 SUMMARY_LINES = 6  # the run's last lines, sent with its verdict
-# `vmshift convert --machine-readable` progress: "copy LABEL DONE TOTAL PERCENT%".
-_PROGRESS = re.compile(r"(copy|verify|fetch) (\S+) (\d+) (\d+) \d+%$")
-_STAGE = re.compile(r"stage (\S+) [\d.]+ (.*)$")
 
 
 @dataclass(frozen=True)
@@ -168,22 +166,6 @@ def convert_argv(
     if config.verify_conn:
         argv += ["--verify-boot-conn", config.verify_conn]
     return [*argv, str(request_file)]
-
-
-def event_of(line: str, stream: str) -> dict[str, Any]:
-    """One line of the conversion's output as the JSON event the client reads."""
-    if stream == "stdout":
-        if m := _PROGRESS.match(line):
-            return {
-                "event": "progress",
-                "phase": m[1],
-                "label": m[2],
-                "done": int(m[3]),
-                "total": int(m[4]),
-            }
-        if m := _STAGE.match(line):
-            return {"event": "stage", "stage": m[1], "message": m[2]}
-    return {"event": "log", "line": line}
 
 
 class Conversion:

@@ -77,39 +77,7 @@ class VsphereSource:
     # -- connecting ----------------------------------------------------------------------
 
     def _connect(self) -> Any:
-        from pyVim.connect import SmartConnect
-        from pyVmomi import vim
-
-        uri = self._uri
-        where = f"{uri.scheme}://{uri.server}"
-        try:
-            with socket.create_connection((uri.host, uri.port), timeout=CONNECT_TIMEOUT):
-                pass
-        except OSError as exc:
-            raise SourceError(f"{where}: cannot connect: {exc.strerror or exc}") from None
-        context = self._tls_context(where)
-        try:
-            return SmartConnect(
-                host=uri.host,
-                port=uri.port,
-                user=uri.user,
-                pwd=self._password,
-                sslContext=context,
-                connectionPoolTimeout=int(CONNECT_TIMEOUT),
-            )
-        except vim.fault.InvalidLogin:
-            raise SourceError(
-                f"{where}: login failed for {uri.user}",
-                hint="check the user in -ic and the password in -ip",
-            ) from None
-        except ssl.SSLCertVerificationError as exc:
-            actual = _thumbprint(uri, hashlib.sha1)
-            raise SourceError(
-                f"{where}: the server's certificate is not trusted ({exc.verify_message})",
-                hint=f"pin it with -io {THUMBPRINT_OPTION}={actual}, or add ?no_verify=1 to -ic",
-            ) from None
-        except (OSError, vim.fault.VimFault) as exc:
-            raise SourceError(f"{where}: cannot log in: {exc}") from None
+        return connect(self._uri, self._password, self._thumbprint)
 
     def _plugin_verify(self) -> str:
         """How https_plugin checks the server: the CAs, nothing, or the pinned fingerprint."""
@@ -119,21 +87,7 @@ class VsphereSource:
         return "none" if self._uri.no_verify else "ca"
 
     def _tls_context(self, where: str) -> ssl.SSLContext:
-        if self._thumbprint is None and not self._uri.no_verify:
-            return ssl.create_default_context()
-        if self._thumbprint is not None:
-            wanted = self._thumbprint.replace(":", "").lower()
-            digest = hashlib.sha1 if len(wanted) == 40 else hashlib.sha256
-            actual = _thumbprint(self._uri, digest)
-            if actual.replace(":", "").lower() != wanted:
-                raise SourceError(
-                    f"{where}: the server's certificate fingerprint is {actual}, "
-                    f"not {self._thumbprint} (-io {THUMBPRINT_OPTION})"
-                )
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        return context
+        return tls_context(self._uri, self._thumbprint, where)
 
     # -- the VM --------------------------------------------------------------------------
 
@@ -158,24 +112,7 @@ class VsphereSource:
         raise SourceError(f"{self._name}: no such VM on {uri.scheme}://{uri.server}", hint=hint)
 
     def _vpx_host(self, content: Any) -> Any:
-        uri = self._uri
-        datacenters = {
-            dc.name: dc for dc in content.rootFolder.childEntity if hasattr(dc, "hostFolder")
-        }
-        dc = datacenters.get(uri.datacenter or "")
-        if dc is None:
-            raise SourceError(
-                f"-ic: no datacenter {uri.datacenter!r} on {uri.server} "
-                f"(there are: {', '.join(datacenters) or 'none'})"
-            )
-        for compute in dc.hostFolder.childEntity:
-            if uri.cluster is not None and compute.name != uri.cluster:
-                continue
-            for host in getattr(compute, "host", []):
-                if host.name == uri.esx_host:
-                    return host
-        place = "/".join(p for p in (uri.datacenter, uri.cluster, uri.esx_host) if p)
-        raise SourceError(f"-ic: no host {place} on {uri.server}")
+        return vpx_host(content, self._uri)
 
     def open(self, workdir: Path) -> SourceVM:
         from pyVmomi import vmodl
@@ -333,6 +270,17 @@ class VsphereSource:
             raise SourceError(f"{where}: cannot list the VM's disk files: {message}") from exc
         return tuple(found)
 
+    def datastores(self) -> tuple[str, ...]:
+        """After open(): the datastores the VM's disks are on, in disk order, once each."""
+        return tuple(dict.fromkeys(disk.datastore for disk in self._disks))
+
+    def committed(self) -> int | None:
+        """After open(): the bytes the VM's files take on its datastores as vSphere counts
+        them (summary.storage.committed); None when vSphere does not say."""
+        storage = getattr(getattr(self._vm, "summary", None), "storage", None)
+        value = getattr(storage, "committed", None)
+        return int(value) if value else None
+
     def report_to(self, sink: EventSink) -> None:
         """Send the progress of what open() downloads (export leases) to the run's sink."""
         self._events = sink
@@ -361,6 +309,83 @@ class VsphereSource:
             with contextlib.suppress(Exception):
                 Disconnect(self._si)
             self._si = None
+
+
+def connect(uri: VsphereUri, password: str, thumbprint: str | None = None) -> Any:
+    """A logged-in API session (ServiceInstance) to uri; SourceError naming the server when
+    it cannot be reached or refuses the login. The caller disconnects it."""
+    from pyVim.connect import SmartConnect
+    from pyVmomi import vim
+
+    where = f"{uri.scheme}://{uri.server}"
+    try:
+        with socket.create_connection((uri.host, uri.port), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as exc:
+        raise SourceError(f"{where}: cannot connect: {exc.strerror or exc}") from None
+    context = tls_context(uri, thumbprint, where)
+    try:
+        return SmartConnect(
+            host=uri.host,
+            port=uri.port,
+            user=uri.user,
+            pwd=password,
+            sslContext=context,
+            connectionPoolTimeout=int(CONNECT_TIMEOUT),
+        )
+    except vim.fault.InvalidLogin:
+        raise SourceError(
+            f"{where}: login failed for {uri.user}",
+            hint="check the user in -ic and the password in -ip",
+        ) from None
+    except ssl.SSLCertVerificationError as exc:
+        actual = _thumbprint(uri, hashlib.sha1)
+        raise SourceError(
+            f"{where}: the server's certificate is not trusted ({exc.verify_message})",
+            hint=f"pin it with -io {THUMBPRINT_OPTION}={actual}, or add ?no_verify=1 to -ic",
+        ) from None
+    except (OSError, vim.fault.VimFault) as exc:
+        raise SourceError(f"{where}: cannot log in: {exc}") from None
+
+
+def tls_context(uri: VsphereUri, thumbprint: str | None, where: str) -> ssl.SSLContext:
+    """The TLS context for uri: the CAs, nothing (?no_verify=1), or a pinned fingerprint."""
+    if thumbprint is None and not uri.no_verify:
+        return ssl.create_default_context()
+    if thumbprint is not None:
+        wanted = thumbprint.replace(":", "").lower()
+        digest = hashlib.sha1 if len(wanted) == 40 else hashlib.sha256
+        actual = _thumbprint(uri, digest)
+        if actual.replace(":", "").lower() != wanted:
+            raise SourceError(
+                f"{where}: the server's certificate fingerprint is {actual}, "
+                f"not {thumbprint} (-io {THUMBPRINT_OPTION})"
+            )
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def vpx_host(content: Any, uri: VsphereUri) -> Any:
+    """The HostSystem a vpx:// URI names (DATACENTER/[CLUSTER/]HOST)."""
+    datacenters = {
+        dc.name: dc for dc in content.rootFolder.childEntity if hasattr(dc, "hostFolder")
+    }
+    dc = datacenters.get(uri.datacenter or "")
+    if dc is None:
+        raise SourceError(
+            f"-ic: no datacenter {uri.datacenter!r} on {uri.server} "
+            f"(there are: {', '.join(datacenters) or 'none'})"
+        )
+    for compute in dc.hostFolder.childEntity:
+        if uri.cluster is not None and compute.name != uri.cluster:
+            continue
+        for host in getattr(compute, "host", []):
+            if host.name == uri.esx_host:
+                return host
+    place = "/".join(p for p in (uri.datacenter, uri.cluster, uri.esx_host) if p)
+    raise SourceError(f"-ic: no host {place} on {uri.server}")
 
 
 def _thumbprint(uri: VsphereUri, digest: Any) -> str:
