@@ -37,7 +37,7 @@ import hashlib
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -107,7 +107,6 @@ class Plan:
     storage: Mapping[str, str]  # datastore -> output storage
     guests: tuple[GuestSpec, ...]
     sources: tuple[SourceSelection, ...] = ()
-    settings: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def directory(self) -> Path:
@@ -254,7 +253,7 @@ def load_plan(path: Path, *, text: str | None = None) -> Plan:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not a valid TOML plan: {exc}") from exc
-    known = {"defaults", "limits", "storage", "guest", "source", "plan"}
+    known = {"defaults", "limits", "storage", "guest", "source"}
     for key in doc:
         if key not in known:
             raise ConfigError(
@@ -267,7 +266,7 @@ def load_plan(path: Path, *, text: str | None = None) -> Plan:
         if not isinstance(target, str):
             raise ConfigError(f"{path} [storage]: {ds!r} must map to a path or pool name")
     guests = tuple(
-        _guest(path, i, entry, defaults, storage)
+        _guest(path, i, entry, defaults)
         for i, entry in enumerate(_array(path, doc, "guest"), start=1)
     )
     sources = tuple(
@@ -282,7 +281,6 @@ def load_plan(path: Path, *, text: str | None = None) -> Plan:
         storage=dict(storage),
         guests=guests,
         sources=sources,
-        settings=_table(path, doc, "plan"),
     )
     check_unique(plan)
     return plan
@@ -341,7 +339,6 @@ def _guest(
     index: int,
     entry: Mapping[str, Any],
     defaults: Mapping[str, Any],
-    storage: Mapping[str, str],
 ) -> GuestSpec:
     where = f"{path} [[guest]] {index}"
     options = {**defaults, **_convert_options(where, entry, PLAN_GUEST_KEYS)}
