@@ -22,10 +22,12 @@ REPO = Path(__file__).resolve().parent.parent
 # worker idle for its last many minutes. Modules not named here follow, in their usual order.
 HEAVIEST_FIRST = (
     "test_linux_conversion.py",  # three real guests converted and booted, two at a time
-    "test_inspect_guests.py",
     "test_convert_matrix.py",
-    "test_p2v_convert.py",  # three real-guest P2V conversions, two at a time
+    "test_p2v_convert.py",  # two real-guest P2V conversions at once
     "test_p2v_image.py",  # the boot image built, booted under TCG, converting
+    "test_plan_embedded.py",  # a plan of four guests, killed in a copy and run again
+    "test_inspect_guests.py",  # two appliances (every Linux guest, every Windows guest)
+    "test_plan_distributed.py",  # two Celery workers, one killed in a copy
     "test_windows_drivers.py",
     "test_resume.py",
     "test_real_debian_variants.py",

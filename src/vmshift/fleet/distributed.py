@@ -1,0 +1,75 @@
+"""A distributed plan run: the guests handed to the Celery workers of the conversion hosts.
+
+run_distributed() registers the plan's guests in its RedisState, sends one convert_guest task
+per guest that is not finished (fleet/celery_app.py), then watches the state until every
+guest has ended. The workers do the rest: it holds no lease and converts nothing, so stopping
+it (Ctrl-C: a KeyboardInterrupt the CLI reports) stops the watching only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from vmshift.errors import ConfigError
+from vmshift.fleet.celery_app import TASK, WorkerSettings, make_app
+from vmshift.fleet.leases import Leases
+from vmshift.fleet.plan import Plan
+from vmshift.fleet.state import CANCELLED, DONE, FAILED, FINISHED, QUEUED, GuestRecord, PlanState
+from vmshift.fleet.state_redis import RedisState
+
+POLL = 1.0  # seconds between looks at the state
+ENDED = frozenset({DONE, FAILED, CANCELLED})
+
+
+def submit(plan: Plan, broker: str, state: RedisState) -> list[str]:
+    """Register the plan's guests and send a task for each one not finished and not being
+    converted by a live worker now; the names sent."""
+    active = plan.active()
+    state.register([g.name for g in active])
+    records = {r.name: r for r in state.guests()}
+    leases = Leases(state.client, state.prefix)
+    app = make_app(WorkerSettings(broker=broker))
+    sent: list[str] = []
+    now = time.time()
+    plan_path = str(plan.path.resolve())
+    try:
+        for spec in active:
+            record = records[spec.name]
+            if record.stage in FINISHED:
+                continue
+            if state.cancel_requested(spec.name):
+                state.update(spec.name, stage=CANCELLED, finished_at=now, rate=0.0)
+                continue
+            if leases.owner(spec.name) is not None:
+                continue  # a live worker converts it (a plan run again while it runs)
+            state.update(spec.name, stage=QUEUED, queued_at=now, error=None, rate=0.0,
+                         message="sent to the workers")  # fmt: skip
+            app.send_task(TASK, args=[plan_path, plan.text, spec.name])
+            sent.append(spec.name)
+    finally:
+        app.close()
+    return sent
+
+
+def run_distributed(
+    plan: Plan,
+    broker: str,
+    state: PlanState,
+    *,
+    show: Callable[[list[GuestRecord]], None],
+    poll: float = POLL,
+) -> int:
+    """Hand the plan's guests to the workers and watch them until each one has ended: 0 when
+    every one is done (or cancelled), 1 when one failed."""
+    if not isinstance(state, RedisState):
+        raise ConfigError(f"{plan.path}: a distributed run keeps its state in the broker")
+    submit(plan, broker, state)
+    names = {g.name for g in plan.active()}
+    while True:
+        records = [r for r in state.guests() if r.name in names]
+        show(records)
+        if all(r.stage in ENDED for r in records):
+            break
+        time.sleep(poll)
+    return 1 if any(r.stage == FAILED for r in records) else 0
