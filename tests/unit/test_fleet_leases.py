@@ -132,3 +132,29 @@ def test_an_unreachable_broker_is_one_line_naming_it() -> None:
     assert "\n" not in message and "secret" not in message
     with pytest.raises(ConfigError, match="--broker http://x: not a Redis URL"):
         RedisState("http://x", "p")
+
+
+def test_a_running_guest_whose_owner_is_gone_is_an_orphan_after_the_grace(
+    client: redis.Redis,
+) -> None:
+    """What `plan run --broker` sends again while it watches (distributed.orphans)."""
+    from vmshift.fleet.distributed import orphans
+    from vmshift.fleet.state import GuestRecord
+
+    leases = Leases(client, "p:", ttl=30)
+    assert leases.acquire_owner("alive", "w1") is None
+    records = [
+        GuestRecord("alive", stage=COPYING),  # its worker renews its lease
+        GuestRecord("dead", stage=COPYING),  # no lease: its worker died
+        GuestRecord("waiting", stage=QUEUED),  # not started: nobody owns it yet
+        GuestRecord("finished", stage=DONE),
+    ]
+    seen: dict[str, float] = {}
+    assert orphans(records, leases, seen, now=100.0, grace=10.0) == []
+    assert orphans(records, leases, seen, now=105.0, grace=10.0) == []
+    assert orphans(records, leases, seen, now=110.0, grace=10.0) == ["dead"]
+    # Sent again: counted afresh, and a guest whose new owner took it is no orphan.
+    assert orphans(records, leases, seen, now=111.0, grace=10.0) == []
+    assert leases.acquire_owner("dead", "w2") is None
+    assert orphans(records, leases, seen, now=130.0, grace=10.0) == []
+    assert seen == {}

@@ -15,9 +15,7 @@ import signal
 import sys
 
 from vmshift.errors import UsageError
-from vmshift.fleet.celery_app import QUEUE, VISIBILITY_TIMEOUT, WorkerSettings, make_app
-from vmshift.fleet.leases import DEFAULT_TTL
-from vmshift.fleet.state_redis import connect, redacted
+from vmshift.fleet.defaults import DEFAULT_TTL, QUEUE, VISIBILITY_TIMEOUT
 
 HELP = "take the guests of distributed plan runs (Celery worker on a Redis broker)"
 
@@ -46,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Celery and redis only here: every `vmshift` command parses this module's options.
+    from vmshift.fleet.celery_app import WorkerSettings, make_app
+    from vmshift.fleet.state_redis import connect, redacted
+
     if args.concurrency < 1:
         raise UsageError(f"--concurrency {args.concurrency}: give at least 1")
     for option, value in (("--visibility-timeout", args.visibility_timeout),

@@ -40,15 +40,14 @@ from typing import Any
 from celery import Celery, Task  # type: ignore[import-untyped]
 
 from vmshift.errors import VmshiftError
-from vmshift.fleet.leases import DEFAULT_TTL, Heartbeat, Leases, Limit
+from vmshift.fleet.defaults import DEFAULT_TTL, QUEUE, VISIBILITY_TIMEOUT
+from vmshift.fleet.leases import Heartbeat, Leases, Limit
 from vmshift.fleet.plan import GuestSpec, Plan, load_plan, plan_id
 from vmshift.fleet.runner import worker_name
 from vmshift.fleet.state import CANCELLED, FAILED, FINISHED, INTERRUPTED, QUEUED, RUNNING
 from vmshift.fleet.state_redis import RedisState
 
 TASK = "vmshift.convert_guest"
-QUEUE = "vmshift.plans"
-VISIBILITY_TIMEOUT = 12 * 3600.0  # seconds: longer than any conversion
 WAIT_COUNTDOWN = 5.0  # seconds before a guest waiting for a limit asks again
 
 

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 
 import redis
 
+from vmshift.fleet.defaults import DEFAULT_TTL
 from vmshift.fleet.state_redis import text
-
-DEFAULT_TTL = 30.0  # seconds a lease lives without a renewal
 
 # KEYS: the limit sets; ARGV: ttl in ms, token, limit of each key
 # -> 0 when taken, else the position (1-based) of the first key at its limit
