@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from vmshift.process import stop
+
 REDIS_SERVER = "redis-server"
 START_TIMEOUT = 15.0
 
@@ -76,12 +78,7 @@ def private_redis(directory: Path) -> Iterator[RedisServer]:
             time.sleep(0.05)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 @pytest.fixture(scope="module")

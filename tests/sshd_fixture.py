@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from vmshift.process import stop
+
 SSHD = "/usr/sbin/sshd"
 START_TIMEOUT = 15.0
 # sshd wants its privilege separation directory; the Debian service makes it at boot.
@@ -127,12 +129,7 @@ def private_sshd(
         _wait_for_banner(proc, port, log)
         yield Sshd(port, client_key, known_hosts, host_pub)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def client_env() -> dict[str, str]:

@@ -22,12 +22,11 @@ from vmshift.errors import ConfigError
 from vmshift.fleet.celery_app import TASK, WorkerSettings, make_app
 from vmshift.fleet.leases import Leases
 from vmshift.fleet.plan import Plan
+from vmshift.fleet.runner import unfinished
 from vmshift.fleet.state import (
     CANCELLED,
     DONE,
     FAILED,
-    FINISHED,
-    QUEUED,
     RUNNING,
     GuestRecord,
     PlanState,
@@ -45,31 +44,18 @@ ENDED = frozenset({DONE, FAILED, CANCELLED})
 def submit(plan: Plan, broker: str, state: RedisState) -> list[str]:
     """Register the plan's guests and send a task for each one not finished and not being
     converted by a live worker now; the names sent."""
-    active = plan.active()
-    state.register([g.name for g in active])
-    records = {r.name: r for r in state.guests()}
     leases = Leases(state.client, state.prefix)
     app = make_app(WorkerSettings(broker=broker))
-    sent: list[str] = []
-    now = time.time()
     plan_path = str(plan.path.resolve())
     try:
-        for spec in active:
-            record = records[spec.name]
-            if record.stage in FINISHED:
-                continue
-            if state.cancel_requested(spec.name):
-                state.update(spec.name, stage=CANCELLED, finished_at=now, rate=0.0)
-                continue
-            if leases.owner(spec.name) is not None:
-                continue  # a live worker converts it (a plan run again while it runs)
-            state.update(spec.name, stage=QUEUED, queued_at=now, error=None, rate=0.0,
-                         message="sent to the workers")  # fmt: skip
+        # Not a guest a live worker converts now (a plan run again while it runs).
+        queued = unfinished(plan.active(), state, message="sent to the workers",
+                            taken=lambda name: leases.owner(name) is not None)  # fmt: skip
+        for spec in queued:
             app.send_task(TASK, args=[plan_path, plan.text, spec.name])
-            sent.append(spec.name)
     finally:
         app.close()
-    return sent
+    return [spec.name for spec in queued]
 
 
 def send_again(plan: Plan, broker: str, state: RedisState, name: str) -> None:

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from vmshift.fleet.guest_run import run_guest
@@ -53,6 +53,34 @@ def may_start(spec: GuestSpec, running: list[GuestSpec], limits: Limits, slots: 
     )
 
 
+def unfinished(
+    active: Sequence[GuestSpec],
+    state: PlanState,
+    *,
+    taken: Callable[[str], bool] = lambda _name: False,
+    message: str | None = None,
+) -> list[GuestSpec]:
+    """Register the guests and queue again the ones to run now (their error cleared): not
+    those finished (done, cancelled), nor those taken (someone runs it now); a guest whose
+    cancel was asked is marked cancelled instead."""
+    state.register([g.name for g in active])
+    records = {r.name: r for r in state.guests()}
+    now = time.time()
+    queued: list[GuestSpec] = []
+    for spec in active:
+        if records[spec.name].stage in FINISHED or taken(spec.name):
+            continue
+        if state.cancel_requested(spec.name):
+            state.update(spec.name, stage=CANCELLED, finished_at=now, rate=0.0)
+            continue
+        fields: dict[str, object] = {"stage": QUEUED, "queued_at": now, "error": None, "rate": 0.0}
+        if message is not None:
+            fields["message"] = message
+        state.update(spec.name, **fields)
+        queued.append(spec)
+    return queued
+
+
 def run_plan(
     plan: Plan,
     state: PlanState,
@@ -67,19 +95,7 @@ def run_plan(
     1 when one failed, STOPPED when stop was set before the end."""
     active = plan.active()
     names = {g.name for g in active}
-    state.register([g.name for g in active])
-    records = {r.name: r for r in state.guests()}
-    now = time.time()
-    pending: list[GuestSpec] = []
-    for spec in active:
-        record = records[spec.name]
-        if record.stage in FINISHED:
-            continue
-        if state.cancel_requested(spec.name):
-            state.update(spec.name, stage=CANCELLED, finished_at=now, rate=0.0)
-            continue
-        state.update(spec.name, stage=QUEUED, queued_at=now, error=None, rate=0.0)
-        pending.append(spec)
+    pending = unfinished(active, state)
 
     def shown() -> list[GuestRecord]:
         return [r for r in state.guests() if r.name in names]
