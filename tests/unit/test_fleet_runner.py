@@ -177,6 +177,24 @@ def test_the_scheduler_honours_total_and_per_source_host(tmp_path: Path, fake: F
     assert all(r.stage == DONE for r in shown[-1])
 
 
+def test_guests_read_here_count_only_against_the_total(tmp_path: Path, fake: Fake) -> None:
+    """Files on this machine have no source host that throttles: per-source-host does not
+    count them (a host named in the plan does, even beside them)."""
+    hosts = {"l1": None, "l2": None, "l3": None, "r1": "esx-a", "r2": "esx-a"}
+    plan = plan_of(
+        tmp_path, "total = 3\nper-source-host = 1",
+        [{"args": f"{n}.img", **({"source-host": h} if h else {})} for n, h in hosts.items()],
+    )  # fmt: skip
+    assert [g.remote_source for g in plan.guests] == [False, False, False, True, True]
+    state = SqliteState(tmp_path / "state.sqlite")
+    fake.environ["FAKE_HOLD"] = "1.5"
+    assert run(plan, state, fake)[0] == 0
+    events = fake.events()
+    assert concurrency(events, lambda _n: "all") == 3
+    assert concurrency(events, lambda n: hosts[n] or "local") == 3  # the three local at once
+    assert concurrency(events, lambda n: hosts[n] or n) == 1  # esx-a: one at a time
+
+
 def test_the_scheduler_honours_per_target_storage(tmp_path: Path, fake: Fake) -> None:
     storage = {"s1": "/x", "s2": "/x", "s3": "/x", "t1": "/y", "t2": "/y"}
     plan = plan_of(

@@ -77,14 +77,17 @@ class Delivery:
 def limits_of(plan: Plan, spec: GuestSpec) -> list[Limit]:
     """The limits a guest's conversion counts against."""
     limits = [
-        Limit("limit:total", plan.limits.total, f"the plan's total limit ({plan.limits.total})"),
-        Limit(
-            f"limit:source-host:{spec.source_host}",
-            plan.limits.per_source_host,
-            f"the per-source-host limit ({spec.source_host}: "
-            f"{plan.limits.per_source_host} at once)",
-        ),
+        Limit("limit:total", plan.limits.total, f"the plan's total limit ({plan.limits.total})")
     ]
+    if spec.remote_source:
+        limits.append(
+            Limit(
+                f"limit:source-host:{spec.source_host}",
+                plan.limits.per_source_host,
+                f"the per-source-host limit ({spec.source_host}: "
+                f"{plan.limits.per_source_host} at once)",
+            )
+        )
     if plan.limits.per_target_storage is not None:
         n = plan.limits.per_target_storage
         limits.append(

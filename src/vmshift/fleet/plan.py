@@ -53,6 +53,9 @@ RUNNER_OPTIONS = frozenset({
 PLAN_GUEST_KEYS = frozenset({"args", "skip", "source-host"})
 SOURCE_SELECTORS = frozenset({"names", "folder", "glob", "regex", "exclude"})
 DEFAULT_PER_SOURCE_HOST = 2
+# The source host of a guest read from this machine (files, a local libvirt): the per-source-host
+# limit, made for hosts that throttle (ESXi), does not count it; the total limit does.
+LOCAL = "localhost"
 # Taken off a file's name to name its guest (web01.vmx is web01).
 NAME_SUFFIXES = (".vmx", ".ova", ".ovf", ".xml", ".qcow2", ".raw", ".img", ".vmdk", ".vdi",
                  ".vhdx", ".vhd")  # fmt: skip
@@ -82,6 +85,11 @@ class GuestSpec:
 
     def option(self, key: str) -> Any:
         return self.options.get(key)
+
+    @property
+    def remote_source(self) -> bool:
+        """Whether the per-source-host limit counts this guest (its source is another host)."""
+        return self.source_host != LOCAL
 
 
 @dataclass(frozen=True)
@@ -422,7 +430,7 @@ def guest_name(options: Mapping[str, Any], args: Sequence[str]) -> str:
 def source_host(options: Mapping[str, Any], args: Sequence[str]) -> str:
     """The host a guest's source limit counts against: the ESXi host of a vpx:// URI (its
     last path element), the host of any other connection URI or ssh:// argument, else this
-    machine ("localhost")."""
+    machine (LOCAL, which the per-source-host limit does not count)."""
     conn = options.get("input-conn")
     if isinstance(conn, str) and conn:
         parts = urlsplit(conn)
@@ -436,7 +444,7 @@ def source_host(options: Mapping[str, Any], args: Sequence[str]) -> str:
         host = urlsplit(args[0]).hostname
         if host:
             return host
-    return "localhost"
+    return LOCAL
 
 
 def target_storage(options: Mapping[str, Any]) -> str:

@@ -45,7 +45,9 @@ def may_start(spec: GuestSpec, running: list[GuestSpec], limits: Limits, slots: 
     """Whether spec may start while the running guests run (slots: conversions at once)."""
     if len(running) >= min(slots, limits.total):
         return False
-    if sum(g.source_host == spec.source_host for g in running) >= limits.per_source_host:
+    if spec.remote_source and (
+        sum(g.source_host == spec.source_host for g in running) >= limits.per_source_host
+    ):
         return False
     per_storage = limits.per_target_storage
     return per_storage is None or (
