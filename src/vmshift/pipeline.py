@@ -219,7 +219,10 @@ def run_conversion(
             target.abort()
             raise
         # The output is complete from here: a guest that does not boot fails the run, but
-        # its output stays for the user to look at.
+        # its output stays for the user to look at. Said as a stage of its own, so that whoever
+        # reads the run's lines (a plan's runner) knows the guest is made even if the run is
+        # killed in what follows (the boot check, removing the work directory).
+        sink(StageEvent("created", "cleaning up (the guest is complete on the target)"))
         if opts.verify_boot is not None:
             sink(StageEvent("verify", "booting the converted guest to check it"))
             try:

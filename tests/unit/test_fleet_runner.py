@@ -26,7 +26,15 @@ from tests.conftest import vmshift
 from vmshift.cli.plan_run_cmd import retry_cancelled
 from vmshift.fleet.plan import Plan, load_plan
 from vmshift.fleet.runner import STOPPED, run_plan
-from vmshift.fleet.state import CANCELLED, COPYING, DONE, FAILED, INTERRUPTED, GuestRecord
+from vmshift.fleet.state import (
+    CANCELLED,
+    COPYING,
+    DONE,
+    FAILED,
+    FINALIZING,
+    INTERRUPTED,
+    GuestRecord,
+)
 from vmshift.fleet.state_sqlite import SqliteState
 
 # Started as `FAKE -c CODE PPID FAKE -m vmshift.cli.main convert ARGS`, it lets the real python
@@ -69,6 +77,10 @@ if os.path.exists(os.path.join(here, "fail-" + name)):
     note("-")
     sys.exit(1)
 print("stage finalize 0.5 creating the guest on the target", flush=True)
+print("stage created 0.6 cleaning up (the guest is complete on the target)", flush=True)
+if os.path.exists(os.path.join(here, "die-" + name)):  # killed in its cleanup
+    note("KILLED")
+    os.kill(os.getpid(), signal.SIGKILL)
 note("-")
 """
 
@@ -315,6 +327,33 @@ def runner_process(tmp_path: Path, fake: Fake) -> Iterator[subprocess.Popen[str]
     proc.kill()
     proc.wait()
     fake.flag("hold", "lone", on=False)
+
+
+def test_a_guest_made_before_its_conversion_died_is_done_once(tmp_path: Path, fake: Fake) -> None:
+    """Killed after it said the guest is complete on the target (in its boot check or cleanup),
+    a conversion has made the guest: it is done, and never converted again (a second run
+    would find its outputs and refuse)."""
+    plan = plan_of(tmp_path, "total = 1", [{"args": "made.img"}])
+    state = SqliteState(tmp_path / "state.sqlite")
+    fake.flag("die", "made")
+    assert run(plan, state, fake)[0] == 0
+    record = state.guest("made")
+    assert record.stage == DONE and record.error is None and record.created_at is not None
+    assert [w for w, _n, _a in fake.events()] == ["+", "KILLED"]
+    assert "--- the guest was complete on the target before it stopped" in state.log_tail("made")
+    # As its killed runner leaves it: in finalizing, its attempt never ended.
+    state.update("made", stage=FINALIZING, finished_at=None)
+    assert run(plan, state, fake)[0] == 0
+    assert [w for w, _n, _a in fake.events()] == ["+", "KILLED"]  # not converted again
+    record = state.guest("made")
+    assert record.stage == DONE and record.attempts == 1
+    assert [s for _t, s in state.history("made")].count(DONE) == 2  # once per run that saw it
+    # An attempt that ended by itself after making the guest (a failed boot check) is not
+    # taken for one that died: the rerun converts it again.
+    fake.flag("die", "made", on=False)
+    state.update("made", stage=FAILED, finished_at=time.time())
+    assert run(plan, state, fake)[0] == 0
+    assert [w for w, _n, _a in fake.events()] == ["+", "KILLED", "+", "-"]
 
 
 def test_a_killed_runners_conversion_is_told_to_stop(

@@ -52,6 +52,9 @@ STAGE_OF = {
     "finalize": FINALIZING,
     "verify": VERIFYING,
 }
+# The conversion's stage once the guest is complete on the target (its boot check and cleanup
+# follow): killed after it, the conversion has still made the guest.
+CREATED = "created"
 ERROR_PREFIX = "vmshift: error: "
 POLL = 1.0  # seconds between looks at the cancel flag and the stop event
 PROGRESS_INTERVAL = 0.5  # seconds between progress writes to the state, per guest
@@ -83,6 +86,7 @@ class _Reader:
         self.state = state
         self.name = name
         self.error: str | None = None
+        self.created = False  # the conversion said the guest is complete on the target
         self._lock = threading.Lock()
         self._last_write = 0.0
         self._key: tuple[str, str] | None = None  # (phase, label) of the progress
@@ -105,6 +109,9 @@ class _Reader:
             stage = STAGE_OF.get(event["stage"])
             if stage is not None:
                 fields["stage"] = stage
+            if event["stage"] == CREATED:
+                self.created = True
+                fields["created_at"] = time.time()
             self.state.update(self.name, **fields)
         elif line.startswith(ERROR_PREFIX):
             self.error = line[len(ERROR_PREFIX) :]
@@ -149,11 +156,18 @@ def run_guest(
     if stop.is_set():
         return INTERRUPTED
     record = state.guest(name)
+    if record.created_at is not None and record.finished_at is None:
+        # Its last attempt made the guest, then died (its runner or worker killed) before it
+        # could say so: converting it again would find its outputs and refuse.
+        state.log(name, "--- its last attempt had made the guest on the target before it "
+                        "stopped; not converted again")  # fmt: skip
+        state.update(name, stage=DONE, finished_at=time.time(), rate=0.0, error=None)
+        return DONE
     resume = ["--resume"] if record.attempts > 0 else []
     args = ["convert", "--machine-readable", *resume, *spec.argv()]
     state.update(
         name, stage=QUEUED, attempts=record.attempts + 1, worker=worker, started_at=time.time(),
-        finished_at=None, error=None, rate=0.0, message="starting",
+        finished_at=None, created_at=None, error=None, rate=0.0, message="starting",
     )  # fmt: skip
     state.log(name, f"--- attempt {record.attempts + 1} on {worker}: vmshift {shlex.join(args)}")
     reader = _Reader(state, name)
@@ -193,13 +207,18 @@ def run_guest(
                     proc.send_signal(signal.SIGINT)
     for t in threads:
         t.join()
-    return _finish(state, name, rc, why, reader.error)
+    return _finish(state, name, rc, why, reader)
 
 
-def _finish(state: PlanState, name: str, rc: int, why: str | None, error: str | None) -> str:
+def _finish(state: PlanState, name: str, rc: int, why: str | None, reader: _Reader) -> str:
     how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit {rc}"
     state.log(name, f"--- the conversion ended: {how}")
+    error = reader.error
     if rc == 0:
+        stage, error = DONE, None
+    elif reader.created and (why is not None or rc < 0 or rc > 128):
+        # Stopped by a signal once the guest was made (in its boot check or cleanup).
+        state.log(name, "--- the guest was complete on the target before it stopped")
         stage, error = DONE, None
     elif why is not None:
         stage, error = why, None

@@ -45,6 +45,10 @@ class GuestRecord:
     queued_at: float | None = None
     started_at: float | None = None  # the conversion started (its first line: the history)
     finished_at: float | None = None
+    # When the conversion said the guest was complete on the target (its `created` stage: what
+    # follows is its boot check and cleanup). Set with finished_at None, its attempt died after
+    # that: the guest is made, and is not converted again.
+    created_at: float | None = None
     updated_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:

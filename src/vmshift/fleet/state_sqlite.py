@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS guests (
     queued_at REAL,
     started_at REAL,
     finished_at REAL,
+    created_at REAL,
     updated_at REAL
 );
 CREATE TABLE IF NOT EXISTS history (
