@@ -366,6 +366,61 @@ def test_a_killed_runners_conversion_is_told_to_stop(
     assert [w for w, _n, _a in fake.events()] == ["+", "TERM"]
 
 
+# `vmshift plan run` itself, its conversions the fake (the children are sys.executable).
+PLAN_RUN = """
+import os, sys
+from vmshift.cli.main import main
+sys.executable = sys.argv[1]
+os.environ["FAKE_DIR"] = sys.argv[2]
+sys.exit(main(["plan", "run", *sys.argv[3:]]))
+"""
+
+
+def test_ctrl_c_stops_plan_run_and_the_next_run_resumes(tmp_path: Path, fake: Fake) -> None:
+    """SIGINT to `vmshift plan run`: the running conversions are told to stop (SIGINT), it
+    waits for them, names what is not finished and exits 130; the next run resumes them."""
+    plan = plan_of(tmp_path, "total = 2", [{"args": f"{n}.img"} for n in ("a", "b", "c")])
+    state_file = tmp_path / "state.sqlite"
+    for name in ("a", "b"):
+        fake.flag("hold", name)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PLAN_RUN, str(fake.python), str(fake.dir), str(plan.path),
+         "--state", str(state_file)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        fake.wait_for(lambda: sum(w == "+" for w, _n, _a in fake.events()) == 2)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert sorted((w, n) for w, n, _a in fake.events()) == [("+", "a"), ("+", "b"), ("-", "a"),
+                                                             ("-", "b")]  # fmt: skip
+    last = err.strip().splitlines()[-1]
+    assert last == (
+        "vmshift: interrupted by SIGINT; not finished: a, b, c; run the plan again to resume them"
+    ), err
+    assert "Traceback" not in err
+    state = SqliteState(state_file)
+    assert {r.name: r.stage for r in state.guests()} == {
+        "a": INTERRUPTED, "b": INTERRUPTED, "c": "queued",
+    }  # fmt: skip
+    for name in ("a", "b"):
+        fake.flag("hold", name, on=False)
+    rerun = subprocess.run(
+        [sys.executable, "-c", PLAN_RUN, str(fake.python), str(fake.dir), str(plan.path),
+         "--state", str(state_file)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert all(r.stage == DONE for r in state.guests())
+    started = [(n, "--resume" in a) for w, n, a in fake.events() if w == "+"]
+    assert sorted(started[2:]) == [("a", True), ("b", True), ("c", False)]
+
+
 # --- the CLI around the runner (no conversion) ---------------------------------------------
 
 
