@@ -6,8 +6,8 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
 
 from vmshift import __version__
 from vmshift.cli.signals import GUARD
@@ -52,15 +52,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name in SUBCOMMANDS.items():
+    add_command_parsers(sub, SUBCOMMANDS, "run")
+    return parser
+
+
+def add_command_parsers(
+    sub: argparse._SubParsersAction[Any], table: Mapping[str, str], key: str
+) -> None:
+    """A parser per entry of table (name -> a module with HELP, add_arguments(parser) and
+    run(args)); the module's run goes into the parsed arguments as key."""
+    for name, module_name in table.items():
         module = importlib.import_module(module_name)
         sp = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        # Accept -v/-q after the subcommand too, as users type them anywhere.
+        # Accept -v/-q after the command too, as users type them anywhere.
         sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
         sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
         module.add_arguments(sp)
-        sp.set_defaults(run=module.run)
-    return parser
+        sp.set_defaults(**{key: module.run})
 
 
 def _setup_logging(verbose: int) -> None:

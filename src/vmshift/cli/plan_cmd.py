@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 
 HELP = "run a migration plan of many guests (check, run, status, cancel, serve)"
 
@@ -18,14 +17,10 @@ VERBS: dict[str, str] = {
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from vmshift.cli.main import add_command_parsers
+
     sub = p.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for verb, module_name in VERBS.items():
-        module = importlib.import_module(module_name)
-        sp = sub.add_parser(verb, help=module.HELP, description=module.HELP)
-        sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
-        sp.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS)
-        module.add_arguments(sp)
-        sp.set_defaults(verb_run=module.run)
+    add_command_parsers(sub, VERBS, "verb_run")
 
 
 def run(args: argparse.Namespace) -> int:
