@@ -13,7 +13,9 @@ the way a VMware install leaves it, which is exactly what a conversion has to un
 
 Two more variants share that recipe and differ only in their disk (see VARIANTS):
 - LVM root: MBR, /boot ext4 on sda1, VG vg0 (LVs root and swap_1) on sda2, fstab naming
-  /dev/mapper/vg0-root and /boot as /dev/sda1, lvm2 in the initramfs;
+  /dev/mapper/vg0-root and /boot as /dev/sda1, lvm2 in the initramfs, which is lz4-compressed
+  (COMPRESS=lz4, Ubuntu 20.04-22.04's default): the kernel reads lz4 to the end of the image, so
+  vmshift cannot append drivers to it and rebuilds it with update-initramfs instead;
 - GPT + UEFI: an ESP on sda1 holding grub-efi-amd64 both as EFI/debian and as the removable
   fallback EFI/BOOT/BOOTX64.EFI (OVMF boots it with empty NVRAM), root /dev/sda2, VMX
   firmware "efi".
@@ -195,6 +197,7 @@ class Variant:
     mountpoints: tuple[tuple[str, str], ...]  # (mountpoint, filesystem type)
     applications: tuple[str, ...]  # packages inspection must list, besides the kernel
     bios_uuid: str
+    compress: str = "zstd"  # COMPRESS= of initramfs.conf
 
 
 BASE = Variant(
@@ -212,7 +215,7 @@ BASE = Variant(
 LVM = Variant(
     name="debian12-vmware-lvm",
     hostname="debian12-lvm",
-    packages=(*PACKAGES, "lvm2"),
+    packages=(*PACKAGES, "lvm2", "lz4"),
     layout="lvm",
     fstab=FSTAB_LVM,
     root_device="/dev/mapper/vg0-root",
@@ -220,6 +223,7 @@ LVM = Variant(
     mountpoints=(("/", "ext4"), ("/boot", "ext4")),
     applications=("open-vm-tools", "grub-pc", "ifupdown", "lvm2"),
     bios_uuid="42 1a 5e 3c 7d 9b 0a 11-8c 2e 4f 6a 1b 3d 5c 71",
+    compress="lz4",
 )
 UEFI = Variant(
     name="debian12-vmware-uefi",
@@ -613,9 +617,11 @@ def _configure(g: Any, variant: Variant) -> None:
     conf = g.cat("/etc/initramfs-tools/initramfs.conf")
     if "\nMODULES=most\n" not in conf:
         raise RuntimeError("initramfs.conf no longer says MODULES=most; check the recipe")
-    g.write(
-        "/etc/initramfs-tools/initramfs.conf", conf.replace("\nMODULES=most\n", "\nMODULES=list\n")
-    )
+    if "\nCOMPRESS=zstd\n" not in conf:
+        raise RuntimeError("initramfs.conf no longer says COMPRESS=zstd; check the recipe")
+    conf = conf.replace("\nMODULES=most\n", "\nMODULES=list\n")
+    conf = conf.replace("\nCOMPRESS=zstd\n", f"\nCOMPRESS={variant.compress}\n")
+    g.write("/etc/initramfs-tools/initramfs.conf", conf)
     g.write(
         "/etc/initramfs-tools/modules",
         "# VMware storage (pvscsi, LSI Logic), SATA and IDE; the root filesystem.\n"

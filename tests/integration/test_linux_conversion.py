@@ -115,6 +115,11 @@ def test_real_debian_boots_on_virtio_with_its_static_address(
     # MODULES=list: the virtio drivers must be named in the modules file, and the old image kept.
     assert "/etc/initramfs-tools/modules" in paths
     assert any(str(p).endswith(".vmshift-orig") for p in paths if p)
+    # The fast path: the drivers were appended to the image, not rebuilt into it, and the guest
+    # booted above from that image.
+    initramfs = [c["what"] for c in changes if c["step"] == "initramfs"]
+    assert any(w.startswith("appended ") and "virtio_blk" in w for w in initramfs), initramfs
+    assert not any("rebuil" in w for w in initramfs), initramfs
     assert "/etc/fstab" in paths
     assert report["devices"]["virtio"] is True  # type: ignore[index]
     # open-vm-tools is gone from the output's package database.
@@ -147,7 +152,13 @@ def test_real_debian_variants_boot_after_conversion(
     (verdict, booted), report, outdir, before = conversions[variant].result()
     assert "configured with virtio drivers" in verdict, verdict
     assert " booted to its login prompt in " in booted, booted
+    changes = report["changes"]
+    assert isinstance(changes, list)
+    initramfs = [c["what"] for c in changes if c["step"] == "initramfs"]
     if variant == "lvm":  # -o qemu: the script booted, its NIC tapped by qemu's net filters
+        # Its image is lz4 (COMPRESS=lz4): the initramfs fast path's fallback, a full rebuild.
+        assert any("not appended to the image" in w and "lz4" in w for w in initramfs), initramfs
+        assert any(w.startswith("rebuilt with update-initramfs for ") for w in initramfs), initramfs
         address = STATIC_ADDRESS.split("/", maxsplit=1)[0]
         assert f"{address} up ({MAC})" in booted, booted
         boot = report["boot"]
@@ -159,6 +170,7 @@ def test_real_debian_variants_boot_after_conversion(
         script = (outdir / "debian12-vmware-lvm.sh").read_text()
         assert "virtio-blk-pci" in script
     else:  # -o rhv: what was booted is what the OVF in the export domain names
+        assert any(w.startswith("appended ") for w in initramfs), initramfs
         (ovf,) = outdir.glob("*/master/vms/*/*.ovf")
         text = ovf.read_text()
         assert 'ovf:disk-interface="VirtIO"' in text

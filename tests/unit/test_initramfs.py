@@ -11,22 +11,13 @@ import pytest
 import zstandard
 
 from vmshift.formats import initramfs
+from vmshift.formats.cpio import newc_archive, regular
 from vmshift.formats.initramfs import InitramfsError, list_initramfs
 
 
 def newc(members: dict[str, bytes]) -> bytes:
     """A cpio archive in the kernel's "newc" format, padded as the kernel expects."""
-    out = bytearray()
-    for ino, (name, data) in enumerate([*members.items(), ("TRAILER!!!", b"")], start=1):
-        encoded = name.encode() + b"\0"
-        mode = 0o100644 if name != "TRAILER!!!" else 0
-        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0]
-        out += b"070701" + b"".join(f"{v:08x}".encode() for v in fields)
-        out += encoded
-        out += b"\0" * (-len(out) % 4)
-        out += data
-        out += b"\0" * (-len(out) % 4)
-    return bytes(out)
+    return newc_archive(regular(name, data) for name, data in members.items())
 
 
 MAIN = {
@@ -93,3 +84,42 @@ def test_decompression_bomb_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     for packed in (gzip.compress(big), zstandard.ZstdCompressor().compress(big)):
         with pytest.raises(InitramfsError, match="more than"):
             list_initramfs(packed)
+
+
+# --- appended archives ------------------------------------------------------------------------
+
+ADDED = {"usr/lib/modules/6.1.0-18-amd64/kernel/drivers/block/virtio_blk.ko": b"new module"}
+
+
+@pytest.mark.parametrize(
+    ("how", "packed"),
+    [
+        ("gzip", gzip.compress),
+        ("zstd", lambda b: zstandard.ZstdCompressor().compress(b)),
+        ("xz", lambda b: lzma.compress(b, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)),
+        ("none", lambda b: b),
+    ],
+)
+def test_an_archive_after_a_compressed_stream_is_read_and_wins(how: str, packed: object) -> None:
+    # What the kernel does: the stream ends where its format says, zeros are skipped, and the
+    # plain archive after it is unpacked over what came before.
+    assert callable(packed)
+    main = packed(newc(MAIN))
+    image = main + b"\0" * (-len(main) % 4) + newc(ADDED)
+    parsed = initramfs.read_initramfs(image)
+    assert [s.compression for s in parsed.segments] == [how, "none"]
+    # A stream ends where its format says; a plain archive at its trailer, before the padding.
+    assert main[parsed.segments[0].end :].strip(b"\0") == b""
+    assert parsed.segments[1].offset == len(main) + (-len(main) % 4)
+    name = next(iter(ADDED))
+    assert parsed.names().count(name) == 2
+    assert parsed.effective()[name].data == b"new module"
+    assert parsed.append_blocker() is None
+
+
+def test_lz4_and_trailing_junk_block_an_append() -> None:
+    framed = initramfs.read_initramfs(lz4.frame.compress(newc(MAIN)))
+    assert "lz4" in (framed.append_blocker() or "")
+    junk = initramfs.read_initramfs(gzip.compress(newc(MAIN)) + b"SIGNATURE")
+    assert "unknown data at offset" in (junk.append_blocker() or "")
+    assert junk.names() == list(MAIN)  # still listed for inspection

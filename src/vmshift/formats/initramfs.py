@@ -1,9 +1,12 @@
-"""List the files inside a Linux initramfs without unpacking it anywhere.
+"""Read a Linux initramfs the way the kernel unpacks it, without unpacking it anywhere.
 
 An initramfs is a sequence of cpio archives (newc or odc), some plain (early microcode), the rest
-compressed with gzip, zstd, xz, lzma, lz4, bzip2. The kernel reads them back to back, skipping
-zero padding between them; so does this module. Only member names are collected: nothing from
-the guest is ever written to disk or executed.
+compressed with gzip, zstd, xz, lzma, lz4, bzip2. The kernel reads them back to back: it skips
+zero padding, unpacks a plain archive up to its trailer, and a compressed one up to the end of
+its stream, then goes on with whatever follows; a later member of the same name replaces an
+earlier one. So does this module, and it records where each part starts and ends, so that an
+archive can be appended after the last one (convert/linux/initramfs_append.py). Nothing from the
+guest is ever written to disk or executed.
 """
 
 from __future__ import annotations
@@ -13,49 +16,119 @@ import io
 import lzma
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from vmshift.errors import InspectionError
+from vmshift.formats.cpio import CpioEntry, CpioError, read_archive
 
 # Decompressed data beyond this is refused: a crafted guest must not exhaust host memory.
 MAX_UNPACKED = 1 << 30
 _CHUNK = 1 << 20
+# Compressed input is fed this much at a time, so that one step cannot unpack to much more
+# than the limit before it is checked (gzip expands at most ~1000x, zstd and xz more).
+_FEED = 4 << 10
+# Streams whose end the kernel finds from the format itself, so that what follows them is
+# unpacked as a new archive. lz4's legacy format has no end mark (the kernel reads it to the
+# end of the image), and lzma/bzip2 images are rare enough not to be trusted with an append.
+BOUNDED = ("none", "gzip", "zstd", "xz")
 
 
 class InitramfsError(InspectionError):
     """The initramfs could not be read."""
 
 
-def _gunzip(data: bytes) -> bytes:
-    out = bytearray()
-    while data:
-        d = zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)
-        pending = data
-        while pending:
-            out += d.decompress(pending, MAX_UNPACKED + 1 - len(out))
-            pending = d.unconsumed_tail
-            if len(out) > MAX_UNPACKED:
-                raise InitramfsError("initramfs unpacks to more than 1 GiB")
-            if d.eof:
-                break
-        data = d.unused_data.lstrip(b"\0")
-        if not data.startswith(b"\x1f\x8b"):
-            break
-    return bytes(out)
+@dataclass(frozen=True)
+class Segment:
+    """One part of the image: a plain cpio archive or a compressed stream of archives."""
+
+    offset: int
+    end: int
+    compression: str  # none | gzip | zstd | xz | lzma | lz4 | bzip2
 
 
-def _unzstd(data: bytes) -> bytes:
+@dataclass(frozen=True)
+class InitramfsImage:
+    size: int
+    segments: tuple[Segment, ...]
+    entries: tuple[CpioEntry, ...]  # in unpack order
+    junk_at: int | None = None  # offset of trailing data that is neither cpio nor compressed
+
+    def names(self) -> list[str]:
+        return [e.path for e in self.entries]
+
+    def effective(self) -> dict[str, CpioEntry]:
+        """What the unpacked root holds: the last member of each name."""
+        return {e.path: e for e in self.entries}
+
+    def append_blocker(self) -> str | None:
+        """Why an archive appended after this image might not be unpacked; None if it will."""
+        if self.junk_at is not None:
+            return f"unknown data at offset {self.junk_at}"
+        if not self.segments:
+            return "the image is empty"
+        last = self.segments[-1]
+        if last.compression not in BOUNDED:
+            return f"its last part is {last.compression}, whose end the kernel does not find"
+        return None
+
+
+class _Decompressor(Protocol):
+    eof: bool
+    unused_data: bytes
+
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+def _stream(make: Callable[[], _Decompressor], data: memoryview) -> tuple[bytes, int]:
+    """Unpack one stream at the start of data; (its contents, bytes of data it took)."""
+    d = make()
+    out: list[bytes] = []
+    total = fed = 0
+    while fed < len(data) and not d.eof:
+        piece = bytes(data[fed : fed + _FEED])
+        fed += len(piece)
+        chunk = d.decompress(piece)
+        total += len(chunk)
+        if total > MAX_UNPACKED:
+            raise InitramfsError("initramfs unpacks to more than 1 GiB")
+        out.append(chunk)
+    if not d.eof:
+        raise InitramfsError("truncated compressed stream")
+    return b"".join(out), fed - len(d.unused_data)
+
+
+def _gzip() -> _Decompressor:
+    return zlib.decompressobj(wbits=zlib.MAX_WBITS | 16)  # type: ignore[return-value]
+
+
+def _zstd() -> _Decompressor:
     import zstandard
 
-    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
-    return _read_capped(reader.read)
+    return zstandard.ZstdDecompressor().decompressobj()  # type: ignore[return-value]
 
 
-def _unxz(data: bytes) -> bytes:
-    return _read_capped(lzma.LZMAFile(io.BytesIO(data)).read)
+def _xz() -> _Decompressor:
+    return lzma.LZMADecompressor(lzma.FORMAT_XZ)  # type: ignore[return-value]
 
 
-def _unbz2(data: bytes) -> bytes:
-    return _read_capped(bz2.BZ2File(io.BytesIO(data)).read)
+def _lzma() -> _Decompressor:
+    return lzma.LZMADecompressor(lzma.FORMAT_ALONE)  # type: ignore[return-value]
+
+
+def _bzip2() -> _Decompressor:
+    return bz2.BZ2Decompressor()  # type: ignore[return-value]
+
+
+def _read_capped(read: Callable[[int], bytes]) -> bytes:
+    out = bytearray()
+    while True:
+        chunk = read(_CHUNK)
+        if not chunk:
+            return bytes(out)
+        out += chunk
+        if len(out) > MAX_UNPACKED:
+            raise InitramfsError("initramfs unpacks to more than 1 GiB")
 
 
 def _unlz4(data: bytes) -> bytes:
@@ -82,114 +155,75 @@ def _unlz4(data: bytes) -> bytes:
     return bytes(out)
 
 
-def _read_capped(read: Callable[[int], bytes]) -> bytes:
-    out = bytearray()
-    while True:
-        chunk = read(_CHUNK)
-        if not chunk:
-            return bytes(out)
-        out += chunk
-        if len(out) > MAX_UNPACKED:
-            raise InitramfsError("initramfs unpacks to more than 1 GiB")
+def _lz4_to_end(data: memoryview) -> tuple[bytes, int]:
+    return _unlz4(bytes(data)), len(data)
 
 
-_COMPRESSORS: list[tuple[bytes, str, Callable[[bytes], bytes]]] = [
-    (b"\x1f\x8b", "gzip", _gunzip),
-    (b"\x28\xb5\x2f\xfd", "zstd", _unzstd),
-    (b"\xfd7zXZ\x00", "xz", _unxz),
-    (b"\x5d\x00\x00", "lzma", _unxz),
-    (b"\x02\x21\x4c\x18", "lz4", _unlz4),
-    (b"\x04\x22\x4d\x18", "lz4", _unlz4),
-    (b"BZh", "bzip2", _unbz2),
+_STREAMS: list[tuple[bytes, str, Callable[[memoryview], tuple[bytes, int]]]] = [
+    (b"\x1f\x8b", "gzip", lambda d: _stream(_gzip, d)),
+    (b"\x28\xb5\x2f\xfd", "zstd", lambda d: _stream(_zstd, d)),
+    (b"\xfd7zXZ\x00", "xz", lambda d: _stream(_xz, d)),
+    (b"\x5d\x00\x00", "lzma", lambda d: _stream(_lzma, d)),
+    (b"\x02\x21\x4c\x18", "lz4", _lz4_to_end),
+    (b"\x04\x22\x4d\x18", "lz4", _lz4_to_end),
+    (b"BZh", "bzip2", lambda d: _stream(_bzip2, d)),
 ]
+_ERRORS = (OSError, EOFError, ValueError, RuntimeError, lzma.LZMAError, zlib.error)
 
 
-def _align4(n: int) -> int:
-    return (n + 3) & ~3
+def _archives(data: bytes, out: list[CpioEntry]) -> None:
+    """Every cpio archive in data (a decompressed stream), zero padding between them."""
+    pos = 0
+    while pos < len(data):
+        while pos < len(data) and data[pos] == 0:
+            pos += 1
+        if pos < len(data):
+            pos = read_archive(data, pos, out)
 
 
-def _parse_cpio(data: bytes, pos: int, names: list[str]) -> int:
-    """Read one cpio archive starting at pos, append member names, return the end offset."""
-    while True:
-        magic = data[pos : pos + 6]
-        if magic in (b"070701", b"070702"):
-            header = data[pos : pos + 110]
-            if len(header) < 110:
-                raise InitramfsError("truncated cpio header")
-            try:
-                filesize = int(header[54:62], 16)
-                namesize = int(header[94:102], 16)
-            except ValueError as exc:
-                raise InitramfsError("corrupt cpio header") from exc
-            name_start = pos + 110
-            name = data[name_start : name_start + namesize - 1].decode("utf-8", "replace")
-            data_start = _align4(name_start + namesize)
-            pos = _align4(data_start + filesize)
-        elif magic == b"070707":
-            header = data[pos : pos + 76]
-            if len(header) < 76:
-                raise InitramfsError("truncated cpio header")
-            try:
-                namesize = int(header[59:65], 8)
-                filesize = int(header[65:76], 8)
-            except ValueError as exc:
-                raise InitramfsError("corrupt cpio header") from exc
-            name_start = pos + 76
-            name = data[name_start : name_start + namesize - 1].decode("utf-8", "replace")
-            pos = name_start + namesize + filesize
-        else:
-            raise InitramfsError(f"unexpected data at offset {pos} inside a cpio archive")
-        if pos > len(data):
-            raise InitramfsError("truncated cpio archive")
-        if name == "TRAILER!!!":
-            return pos
-        names.append(name.removeprefix("./").lstrip("/"))
+def read_initramfs(data: bytes) -> InitramfsImage:
+    """Every member of an image, in unpack order, and the parts it is made of."""
+    view = memoryview(data)
+    entries: list[CpioEntry] = []
+    segments: list[Segment] = []
+    pos = 0
+    try:
+        while pos < len(data):
+            while pos < len(data) and data[pos] == 0:
+                pos += 1
+            if pos >= len(data):
+                break
+            if data[pos : pos + 6] in (b"070701", b"070702", b"070707"):
+                end = read_archive(data, pos, entries)
+                segments.append(Segment(pos, end, "none"))
+                pos = end
+                continue
+            for magic, kind, unpack in _STREAMS:
+                if data.startswith(magic, pos):
+                    try:
+                        unpacked, used = unpack(view[pos:])
+                    except InitramfsError:
+                        raise
+                    except _ERRORS as exc:
+                        raise InitramfsError(f"cannot decompress the {kind} part: {exc}") from exc
+                    _archives(unpacked, entries)
+                    segments.append(Segment(pos, pos + used, kind))
+                    pos += used
+                    break
+            else:
+                if not segments:
+                    raise InitramfsError(
+                        f"unknown data at offset {pos}: neither cpio nor compressed"
+                    )
+                return InitramfsImage(len(data), tuple(segments), tuple(entries), junk_at=pos)
+    except CpioError as exc:
+        raise InitramfsError(str(exc)) from exc
+    return InitramfsImage(len(data), tuple(segments), tuple(entries))
 
 
 def list_initramfs(data: bytes) -> list[str]:
     """Return the paths (relative, no leading slash) of every member of an initramfs image."""
-    names: list[str] = []
-    pos = 0
-    compressed_seen = False
-    while pos < len(data):
-        # Archives are padded with NULs to a 4-byte (or 512-byte) boundary.
-        while pos < len(data) and data[pos] == 0:
-            pos += 1
-        if pos >= len(data):
-            break
-        if data[pos : pos + 6] in (b"070701", b"070702", b"070707"):
-            pos = _parse_cpio(data, pos, names)
-            continue
-        for magic, kind, unpack in _COMPRESSORS:
-            if data.startswith(magic, pos):
-                try:
-                    unpacked = unpack(data[pos:])
-                except InitramfsError:
-                    raise
-                except (
-                    OSError,
-                    EOFError,
-                    ValueError,
-                    RuntimeError,
-                    lzma.LZMAError,
-                    zlib.error,
-                ) as exc:
-                    raise InitramfsError(f"cannot decompress the {kind} part: {exc}") from exc
-                inner = 0
-                while inner < len(unpacked):
-                    while inner < len(unpacked) and unpacked[inner] == 0:
-                        inner += 1
-                    if inner >= len(unpacked):
-                        break
-                    inner = _parse_cpio(unpacked, inner, names)
-                compressed_seen = True
-                break
-        else:
-            raise InitramfsError(f"unknown data at offset {pos}: neither cpio nor compressed")
-        if compressed_seen:
-            # The compressed part runs to the end of the image.
-            break
-    return names
+    return read_initramfs(data).names()
 
 
-__all__ = ["InitramfsError", "list_initramfs"]
+__all__ = ["InitramfsError", "InitramfsImage", "Segment", "list_initramfs", "read_initramfs"]

@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from vmshift.errors import VmshiftError
+from vmshift.formats.kmod import closure, parse_modules_dep
+from vmshift.symlinks import MAX_HOPS, follow
 
 ELF_MAGIC = b"\x7fELF"
-MAX_HOPS = 40  # symlinks followed before a path counts as a loop
 
 
 class ImageError(VmshiftError):
@@ -51,28 +52,15 @@ class Stage:
 
     def canonical(self, rel: str) -> str:
         """rel with every symlink on the way followed inside the tree."""
-        pending = [p for p in rel.split("/") if p]
-        done: list[str] = []
-        hops = 0
-        while pending:
-            part = pending.pop(0)
-            if part in (".", ""):
-                continue
-            if part == "..":
-                done = done[:-1]
-                continue
-            here = self.tree.joinpath(*done, part)
-            if not here.is_symlink():
-                done.append(part)
-                continue
-            hops += 1
-            if hops > MAX_HOPS:
-                raise ImageError(f"{rel}: too many symlinks in the Debian tree")
-            target = str(here.readlink())
-            if target.startswith("/"):
-                done = []
-            pending = [p for p in target.split("/") if p] + pending
-        return "/".join(done)
+
+        def readlink(path: str) -> str | None:
+            here = self.tree / path
+            return str(here.readlink()) if here.is_symlink() else None
+
+        found = follow(rel, readlink)
+        if found is None:
+            raise ImageError(f"{rel}: too many symlinks in the Debian tree")
+        return found
 
     def copy(self, rel: str) -> str:
         """Copy rel (through its symlinks) into the root; the canonical path of the file."""
@@ -145,17 +133,9 @@ class Stage:
         """Copy the kernel modules matching patterns (paths below kernel/) and those they need;
         depmod is run by the caller once the root has kmod. How many."""
         base = self.canonical(f"lib/modules/{version}")
-        deps: dict[str, list[str]] = {}
-        for line in (self.tree / base / "modules.dep").read_text().splitlines():
-            name, _, needs = line.partition(":")
-            deps[name] = needs.split()
+        deps = parse_modules_dep((self.tree / base / "modules.dep").read_text())
         wanted = [m for m in deps if any(fnmatch.fnmatch(m, f"kernel/{p}") for p in patterns)]
-        chosen: set[str] = set()
-        while wanted:
-            module = wanted.pop()
-            if module not in chosen:
-                chosen.add(module)
-                wanted += deps.get(module, [])
+        chosen = closure(deps, wanted)
         for module in chosen:
             self.copy(f"{base}/{module}")
         for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):

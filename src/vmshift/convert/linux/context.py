@@ -89,10 +89,17 @@ class LinuxGuest:
         return out
 
     def read(self, path: str) -> str | None:
+        data = self.read_bytes(path)
+        return None if data is None else data.decode("utf-8", errors="surrogateescape")
+
+    def read_bytes(self, path: str, limit: int | None = None) -> bytes | None:
+        """A guest file's bytes; None if it is not a readable file (or is over limit bytes)."""
         try:
             if not self.g.is_file(path, followsymlinks=True):
                 return None
             size: int = self.g.filesize(path)
+            if limit is not None and size > limit:
+                return None
             # pread is far cheaper than read_file per call in the appliance protocol.
             chunks = []
             offset = 0
@@ -104,7 +111,7 @@ class LinuxGuest:
                 offset += len(chunk)
         except RuntimeError:
             return None
-        return b"".join(chunks).decode("utf-8", errors="surrogateescape")
+        return b"".join(chunks)
 
     def keep_original(self, path: str) -> str:
         """Copy a guest file to its backup place unless a backup is there already."""

@@ -4,19 +4,23 @@ The rebuild is skipped when the image already holds what the new machine needs (
 has it built in): rebuilding costs minutes under TCG and is the slowest step of a conversion, so
 not doing it needlessly is much of why vmshift is faster than virt-v2v, which always rebuilds.
 
-When a rebuild is needed, the old image is kept as IMAGE.vmshift-orig, the family's tool runs in
-the guest (update-initramfs, dracut, mkinitrd), and the result is read back and checked.
+When the drivers are missing, the old image is kept as IMAGE.vmshift-orig, and the drivers are
+added: by appending them to the image as one more archive where that can be verified
+(initramfs_append.py: seconds instead of minutes), else by the family's tool in the guest
+(update-initramfs, dracut, mkinitrd). Either way the result is read back and checked. On Debian
+the drivers are also listed in /etc/initramfs-tools/modules, so the guest's own next rebuild
+keeps them.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
-from pathlib import Path
 
+from vmshift.convert.linux import initramfs_append
 from vmshift.convert.linux.context import LinuxGuest
 from vmshift.errors import ConversionError
-from vmshift.formats.initramfs import InitramfsError, list_initramfs
+from vmshift.formats.initramfs import InitramfsError, InitramfsImage, read_initramfs
+from vmshift.formats.kmod import module_name, module_names
 from vmshift.model.inspection import LinuxKernel
 
 log = logging.getLogger(__name__)
@@ -26,10 +30,10 @@ STEP = "initramfs"
 # network root or early networking keeps working too).
 VIRTIO_DRIVERS = ("virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net")
 # An image bigger than this is not read back (a crafted guest must not fill host memory).
-MAX_IMAGE = 512 << 20
+MAX_IMAGE = initramfs_append.MAX_IMAGE
 BACKUP_SUFFIX = ".vmshift-orig"
+MODULES_FILE = "/etc/initramfs-tools/modules"
 
-_MODULE_SUFFIXES = (".ko", ".ko.gz", ".ko.xz", ".ko.zst", ".ko.bz2")
 _TOOL_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin")
 # Where each family's tool writes the image when inspection found none.
 _DEFAULT_IMAGE = {
@@ -37,25 +41,6 @@ _DEFAULT_IMAGE = {
     "rhel": "/boot/initramfs-{v}.img",
     "suse": "/boot/initrd-{v}",
 }
-
-
-def module_name(path: str) -> str | None:
-    """virtio_blk for .../virtio_blk.ko.xz; None for anything that is not a module file."""
-    base = path.rsplit("/", 1)[-1]
-    for suffix in _MODULE_SUFFIXES:
-        if base.endswith(suffix):
-            return base[: -len(suffix)].replace("-", "_")
-    return None
-
-
-def module_names(listing: str) -> set[str]:
-    """Module names in modules.dep or modules.builtin text."""
-    names = set()
-    for line in listing.splitlines():
-        name = module_name(line.split(":", 1)[0].strip())
-        if name:
-            names.add(name)
-    return names
 
 
 def add_modules(text: str, modules: tuple[str, ...] | list[str]) -> tuple[str, list[str]]:
@@ -112,20 +97,25 @@ def _kernel_modules(guest: LinuxGuest, version: str) -> tuple[set[str], set[str]
     return builtin, installed
 
 
-def image_modules(guest: LinuxGuest, image: str) -> set[str] | None:
-    """The kernel modules inside an initramfs in the guest, or None if it cannot be read."""
+def read_image(guest: LinuxGuest, image: str) -> InitramfsImage | None:
+    """An initramfs in the guest, parsed; None if it cannot be read."""
+    data = guest.read_bytes(image, limit=MAX_IMAGE)
+    if data is None:
+        log.info("%s is not readable or larger than %d MiB", image, MAX_IMAGE >> 20)
+        return None
     try:
-        if guest.g.filesize(image) > MAX_IMAGE:
-            log.info("%s is larger than %d MiB: not read", image, MAX_IMAGE >> 20)
-            return None
-        with tempfile.TemporaryDirectory(prefix="vmshift-initrd-") as tmp:
-            local = Path(tmp) / "initrd"
-            guest.g.download(image, str(local))
-            members = list_initramfs(local.read_bytes())
-    except (RuntimeError, InitramfsError) as exc:
+        return read_initramfs(data)
+    except InitramfsError as exc:
         log.info("cannot read %s: %s", image, exc)
         return None
-    return {name for name in map(module_name, members) if name}
+
+
+def image_modules(guest: LinuxGuest, image: str) -> set[str] | None:
+    """The kernel modules inside an initramfs in the guest, or None if it cannot be read."""
+    parsed = read_image(guest, image)
+    if parsed is None:
+        return None
+    return {name for name in map(module_name, parsed.effective()) if name}
 
 
 def needed_drivers(block_bus: str) -> tuple[str, ...]:
@@ -162,6 +152,15 @@ def rebuild(guest: LinuxGuest) -> None:
     ]
     if exists:
         _backup(guest, image)
+    if guest.family == "debian":
+        _list_in_modules_file(guest, drivers)
+    if exists:
+        depmod = find_tool(guest, "depmod")
+        why_not = initramfs_append.append(guest, kernel.version, image, drivers, depmod)
+        if why_not is None:
+            _verify(guest, kernel, image, needed)
+            return
+        guest.note(STEP, f"not appended to the image ({why_not}): rebuilding it", image)
     _run_tool(guest, kernel, image, drivers, exists)
     _verify(guest, kernel, image, needed)
 
@@ -210,24 +209,34 @@ def _update_initramfs(
         raise ConversionError(
             f"cannot rebuild the initramfs of {kernel.version}: update-initramfs is not installed"
         )
-    # initramfs-tools puts what this file lists into every image, whatever MODULES= says
-    # (MODULES=list and =dep images carry nothing else, so this is what makes them boot).
-    path = "/etc/initramfs-tools/modules"
-    text, added = add_modules(guest.read(path) or "", drivers)
-    if added:
-        guest.write(path, text, STEP, f"added {' '.join(added)}")
     # -u refuses to run without an image to update; -c creates one.
     guest.run([tool, "-u" if exists else "-c", "-k", kernel.version])
     guest.note(STEP, f"rebuilt with update-initramfs for {kernel.version}")
 
 
+def _list_in_modules_file(guest: LinuxGuest, drivers: list[str]) -> None:
+    # initramfs-tools puts what this file lists into every image, whatever MODULES= says
+    # (MODULES=list and =dep images carry nothing else, so this is what makes them boot).
+    text, added = add_modules(guest.read(MODULES_FILE) or "", drivers)
+    if added:
+        guest.write(MODULES_FILE, text, STEP, f"added {' '.join(added)}")
+
+
 def _verify(guest: LinuxGuest, kernel: LinuxKernel, image: str, needed: list[str]) -> None:
     if not guest.g.is_file(image, followsymlinks=True):
         raise ConversionError(f"rebuilding the initramfs of {kernel.version} left no {image}")
-    present = image_modules(guest, image)
-    if present is None:
+    parsed = read_image(guest, image)
+    if parsed is None:
         raise ConversionError(f"the rebuilt {image} cannot be read back to check it")
+    members = parsed.effective()
+    present = {name for name in map(module_name, members) if name}
     missing = [m for m in needed if m not in present]
+    # modprobe and udev find a module through the image's index: it must list them too.
+    moddir = initramfs_append.resolve(members, f"lib/modules/{kernel.version}")
+    index = members.get(f"{moddir}/modules.dep")
+    if index is not None and index.data is not None:
+        indexed = module_names(index.data.decode(errors="surrogateescape"))
+        missing += [f"{m} (in modules.dep)" for m in needed if m in present and m not in indexed]
     if missing:
         raise ConversionError(
             f"the rebuilt {image} does not contain {', '.join(missing)}: "
