@@ -44,6 +44,8 @@ def conversion_report(result: ConversionResult, line: str) -> dict[str, Any]:
         "drivers_installed": list(caps.drivers_installed),
         "changes": [dataclasses.asdict(c) for c in caps.changes],
         "warnings": list(caps.warnings),
+        # Each conversion step's wall time in seconds, in the order the steps ran.
+        "timings": [dataclasses.asdict(t) for t in caps.timings],
         "target": {
             "description": result.target.description,
             "files": [str(f) for f in result.target.files],

@@ -81,6 +81,8 @@ def rhel() -> Recipe:
         rpmdb.write_rpmdb(root, packages, scratch / "rpm")
         stub_tools.install_rpm_family(root, "rhel", stub_tools.rpm_list(packages))
         linux_files.dracut_config(root)
+        # kmod's directory: virt-v2v refuses a guest without a modprobe configuration.
+        (root / "etc/modprobe.d").mkdir(parents=True, exist_ok=True)
         for k in kernels:
             kernel_files.install(root, k)
         mid = linux_files.machine_id(hostname)

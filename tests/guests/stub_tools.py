@@ -12,7 +12,7 @@ simplified, and record how they were called:
     suse    /usr/sbin/grub2-mkconfig
     rhel    /usr/sbin/grubby          BLS entry and grubenv edits (set-default, args, info)
     rhel    /usr/bin/grub2-editenv    grubenv edits (also used by grubby)
-    rhel    /usr/bin/rpm              -e, -q, -qa against a plain list (see below)
+    rhel    /usr/bin/rpm              -e, -q, -qa against a plain list (see below), -ql of kernels
     suse    /usr/bin/rpm
     debian  /usr/sbin/update-initramfs  a gzip newc initramfs (MODULES= and the modules file)
     debian  /usr/sbin/update-grub     runs grub-mkconfig -o /boot/grub/grub.cfg, like the real one
@@ -741,6 +741,18 @@ case $mode in
             BEGIN { n = ENVIRON["N"] }
             !index(n, " " $1 " ") && !index(n, " " $2 " ")' "$db" > "$db.stub-tmp" \
             && mv -f "$db.stub-tmp" "$db" ;;
+    -ql)
+        # A kernel package's files, as virt-v2v asks for them (NAME-VERSION-RELEASE, no arch).
+        for n in "$@"; do
+            v=${n#kernel-core-}; v=${v#kernel-modules-}
+            case $n in
+                kernel-core-*)
+                    ls -d /boot/vmlinuz-$v* /boot/config-$v* /boot/System.map-$v*
+                    find /lib/modules/$v* ;;
+                kernel-modules-*) find /lib/modules/$v*/kernel ;;
+                *) has "$n" || { echo "package $n is not installed"; exit 1; } ;;
+            esac
+        done ;;
     -qa) awk '{ print $2 }' "$db" ;;
     -q|--query)
         [ "$1" = -a ] || [ "$1" = --all ] && { awk '{ print $2 }' "$db"; exit 0; }

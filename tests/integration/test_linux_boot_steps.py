@@ -20,9 +20,9 @@ import pytest
 from tests.guests.manifest import BuiltGuest
 from tests.guests.stub_tools import STUB_LOG, calls_of
 from vmshift.blockio.imageinfo import probe_image
-from vmshift.convert.linux import bootloader, initramfs, kernel
+from vmshift.convert.linux import bootloader, devices, initramfs, kernel
 from vmshift.convert.linux.context import LinuxGuest, family_of
-from vmshift.formats import grub
+from vmshift.formats import grub, kmod
 from vmshift.formats.initramfs import list_initramfs
 from vmshift.guest.inspect import inspect_session, mount_os
 from vmshift.guest.session import open_session
@@ -60,7 +60,7 @@ def _modules_in(g: Any, path: str) -> set[str]:
         local = Path(tmp) / "initrd"
         g.download(path, str(local))
         names = list_initramfs(local.read_bytes())
-    return {n for n in map(initramfs.module_name, names) if n}
+    return {n for n in map(kmod.module_name, names) if n}
 
 
 def _mtime(g: Any, path: str) -> tuple[int, int]:
@@ -71,7 +71,9 @@ def _mtime(g: Any, path: str) -> tuple[int, int]:
 # --- the real Debian 12 guest ------------------------------------------------------------------
 
 
-PHONY = ("ubuntu", "rhel", "suse", "nokernel", "debian-uefi")
+# "debian" first: its fstab names its root /dev/sda1, and inspection mounts what fstab names,
+# so in this one appliance it must be the first disk.
+PHONY = ("debian", "ubuntu", "rhel", "suse", "nokernel", "debian-uefi")
 
 
 @dataclass
@@ -117,6 +119,11 @@ def _phony_steps(name: str, guest: LinuxGuest) -> PhonyResult:
     chosen = kernel.choose_kernel(guest)
     result.chosen = chosen.version if chosen else None
     result.kernel_note = guest.changes[-1].what
+    # In the converter's order: device names (in grub.cfg too) before the initramfs and grub.
+    if chosen is None:
+        guest.block_bus = "sata"
+    devices.rename_block_devices(guest)
+    result.files["grub.cfg before"] = _read(g, "/boot/grub/grub.cfg")
     if chosen is not None:
         initramfs.rebuild(guest)
         assert chosen.initramfs is not None
@@ -218,7 +225,11 @@ def test_rhel_dracut_is_asked_for_the_virtio_drivers(phony: dict[str, PhonyResul
 
 def test_rhel_grub2_mkconfig_and_grubby(phony: dict[str, PhonyResult]) -> None:
     r = phony["rhel"]
+    # Its grub.cfg boots ${saved_entry} where /etc/default/grub says GRUB_DEFAULT=0.
     assert calls_of(r.stub_log, "grub2-mkconfig") == [["-o", "/boot/grub2/grub.cfg"]]
+    reason = "grub.cfg's default is not GRUB_DEFAULT=0"
+    note = f"regenerated with grub2-mkconfig ({reason})"
+    assert ("bootloader", note, "/boot/grub2/grub.cfg") in r.changes
     assert calls_of(r.stub_log, "grubby") == [["--set-default", f"/boot/vmlinuz-{r.chosen}"]]
     env = grub.parse_grubenv(r.files["/boot/grub2/grubenv"] or "")
     assert env["saved_entry"].endswith(f"-{r.chosen}")
@@ -231,16 +242,48 @@ def test_suse_grub2_mkconfig_and_no_default_change(phony: dict[str, PhonyResult]
     assert calls_of(r.stub_log, "dracut") == []
     cfg = r.files["/boot/grub2/grub.cfg"] or ""
     assert f"/boot/vmlinuz-{r.chosen} root=" in cfg
-    assert ("bootloader", "regenerated with grub2-mkconfig", "/boot/grub2/grub.cfg") in r.changes
+    reason = "the command line of the default entry is not /etc/default/grub's"
+    assert (
+        "bootloader",
+        f"regenerated with grub2-mkconfig ({reason})",
+        "/boot/grub2/grub.cfg",
+    ) in r.changes
     assert not any("GRUB_DEFAULT" in c[1] for c in r.changes)
 
 
-def test_debian_family_phony_guests_run_update_grub(phony: dict[str, PhonyResult]) -> None:
-    for name in ("ubuntu", "nokernel", "debian-uefi"):
+def test_generated_grub_cfg_is_edited_in_place(phony: dict[str, PhonyResult]) -> None:
+    """Nothing but device names changed: grub.cfg keeps devices.py's edit, update-grub not run."""
+    for name in ("debian", "debian-uefi", "nokernel"):
         r = phony[name]
-        assert calls_of(r.stub_log, "update-grub") == [[]], name
-        assert calls_of(r.stub_log, "grub-mkconfig") == [["-o", "/boot/grub/grub.cfg"]], name
-        assert "menuentry" in (r.files["/boot/grub/grub.cfg"] or ""), name
+        notes = [c for c in r.changes if c[0] == "bootloader"]
+        assert calls_of(r.stub_log, "update-grub") == [], (name, notes)
+        assert calls_of(r.stub_log, "grub-mkconfig") == [], name
+        cfg = r.files["/boot/grub/grub.cfg"] or ""
+        assert cfg == r.files["grub.cfg before"], name
+        assert "(a vmshift stub)" not in cfg, name  # the stub grub-mkconfig's header
+        (note,) = [c for c in r.changes if c[0] == "bootloader" and c[2] == "/boot/grub/grub.cfg"]
+        assert note[1].startswith("edited in place ("), name
+    # The old VMware install named its root /dev/sda1; the converted guest boots from vda.
+    cfg = phony["debian"].files["/boot/grub/grub.cfg"] or ""
+    assert f"/boot/vmlinuz-{phony['debian'].chosen} root=/dev/vda1 ro quiet" in cfg
+    assert "/dev/sda" not in cfg
+
+
+def test_grub_cfg_regenerated_when_it_differs_from_etc_default_grub(
+    phony: dict[str, PhonyResult],
+) -> None:
+    """The phony Ubuntu's grub.cfg says "quiet splash" where /etc/default/grub says "quiet":
+    the next update-grub would change it, so vmshift regenerates it now."""
+    r = phony["ubuntu"]
+    assert calls_of(r.stub_log, "update-grub") == [[]]
+    assert calls_of(r.stub_log, "grub-mkconfig") == [["-o", "/boot/grub/grub.cfg"]]
+    cfg = r.files["/boot/grub/grub.cfg"] or ""
+    assert "(a vmshift stub)" in cfg and "menuentry" in cfg
+    assert "splash" not in cfg
+    reason = "the command line of the default entry is not /etc/default/grub's"
+    assert ("bootloader", f"regenerated with update-grub ({reason})", "/boot/grub/grub.cfg") in (
+        r.changes
+    )
     assert calls_of(phony["ubuntu"].stub_log, "update-initramfs") == []
     assert calls_of(phony["nokernel"].stub_log, "update-initramfs") == []
 

@@ -10,7 +10,7 @@ import pytest
 from vmshift.convert.linux import bootloader as bl
 from vmshift.convert.linux import initramfs, kernel
 from vmshift.convert.linux.context import LinuxGuest
-from vmshift.formats import grub
+from vmshift.formats import grub, kmod
 from vmshift.model.inspection import (
     Bootloader,
     DriverPresence,
@@ -200,9 +200,9 @@ def test_default_kernel_from_the_vmlinuz_link_without_a_known_bootloader() -> No
 def test_module_names() -> None:
     text = "kernel/drivers/block/virtio_blk.ko.xz: kernel/drivers/virtio/virtio.ko.xz\n"
     text += "kernel/drivers/virtio/virtio_pci.ko\nkernel/fs/ext4/ext4.ko.zst:\n"
-    assert initramfs.module_names(text) == {"virtio_blk", "virtio_pci", "ext4"}
-    assert initramfs.module_name("usr/lib/modules/6.1/kernel/net/virtio_net.ko.gz") == "virtio_net"
-    assert initramfs.module_name("usr/lib/modules/6.1/modules.dep") is None
+    assert kmod.module_names(text) == {"virtio_blk", "virtio_pci", "ext4"}
+    assert kmod.module_name("usr/lib/modules/6.1/kernel/net/virtio_net.ko.gz") == "virtio_net"
+    assert kmod.module_name("usr/lib/modules/6.1/modules.dep") is None
 
 
 def test_add_modules_appends_only_what_is_missing() -> None:

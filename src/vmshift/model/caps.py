@@ -21,6 +21,14 @@ class Change:
 
 
 @dataclass(frozen=True)
+class StepTime:
+    """How long one conversion step took (wall seconds), for --report and bench/."""
+
+    step: str  # the step's name, as in Change.step where it makes changes
+    seconds: float
+
+
+@dataclass(frozen=True)
 class GuestCaps:
     block_bus: str  # virtio-blk, virtio-scsi, sata, ide
     net_model: str  # virtio, e1000, e1000e, rtl8139
@@ -38,6 +46,7 @@ class GuestCaps:
     drivers_installed: tuple[str, ...] = ()
     warnings: tuple[str, ...] = field(default_factory=tuple)
     changes: tuple[Change, ...] = ()
+    timings: tuple[StepTime, ...] = ()  # each conversion step's wall time, in order
 
     @property
     def virtio(self) -> bool:

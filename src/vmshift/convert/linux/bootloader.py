@@ -1,9 +1,11 @@
-"""Make the chosen kernel boot by default and regenerate the bootloader configuration.
+"""Make the chosen kernel boot by default and bring the bootloader configuration up to date.
 
-devices.py has already edited the kernel command line where it is configured (/etc/default/grub,
-menu.lst, BLS entries); here the generated configuration is rebuilt with the guest's own tool so
-those edits reach grub.cfg, the chosen kernel becomes the default entry, and a UEFI guest gets
-the removable-media boot path, because the new machine's NVRAM has no boot entry for it.
+devices.py and consoles.py have already edited the kernel command line wherever it is kept
+(/etc/default/grub, grub.cfg, menu.lst, BLS entries, grubenv). grub.cfg stays as they edited it
+when grub_inplace.py finds it is what the guest's own grub-mkconfig would write; otherwise it is
+regenerated with the guest's tool so those edits reach it. Then the chosen kernel becomes the
+default entry, and a UEFI guest gets the removable-media boot path, because the new machine's
+NVRAM has no boot entry for it.
 
 The grub text helpers are pure functions in formats/grub.py.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 
+from vmshift.convert.linux import grub_inplace
 from vmshift.convert.linux.context import LinuxGuest
 from vmshift.convert.linux.initramfs import find_tool
 from vmshift.errors import ConversionError
@@ -98,16 +101,23 @@ def default_kernel_name(guest: LinuxGuest) -> str | None:
 
 def _update_grub2(guest: LinuxGuest, loader: Bootloader) -> None:
     cfg = _grub2_config_path(guest, loader)
-    argv = _grub2_mkconfig(guest, cfg)
-    _regenerate(guest, argv, cfg)
+    text = guest.read(cfg) or ""
+    verdict = grub_inplace.verdict(guest, cfg, text, _grubenv_path(guest, cfg))
+    argv: list[str] | None = None
+    if verdict.in_place:
+        guest.note(STEP, f"edited in place ({verdict.why})", cfg)
+    else:
+        argv = _grub2_mkconfig(guest, cfg)
+        _regenerate(guest, argv, cfg, verdict.why)
+        text = guest.read(cfg) or ""
     kernel = guest.kernel
     if kernel is None:
         return
-    text = guest.read(cfg) or ""
     if is_bls(text) and guest.g.is_dir(BLS_DIR):
         _set_bls_default(guest, kernel, cfg)
-    else:
-        _set_grub2_default(guest, kernel, cfg, text, argv)
+    elif _set_grub2_default(guest, kernel, cfg, text):
+        # GRUB_DEFAULT is read by grub-mkconfig, so the menu has to be generated (once more).
+        _regenerate(guest, argv or _grub2_mkconfig(guest, cfg), cfg, "GRUB_DEFAULT changed")
 
 
 def _grub2_config_path(guest: LinuxGuest, loader: Bootloader) -> str:
@@ -145,10 +155,10 @@ def _grub2_mkconfig(guest: LinuxGuest, cfg: str) -> list[str]:
     )
 
 
-def _regenerate(guest: LinuxGuest, argv: list[str], cfg: str) -> None:
+def _regenerate(guest: LinuxGuest, argv: list[str], cfg: str, why: str) -> None:
     # guest.run turns a failure into a ConversionError carrying the tool's own message.
     guest.run(argv)
-    guest.note(STEP, f"regenerated with {argv[0].rsplit('/', 1)[-1]}", cfg)
+    guest.note(STEP, f"regenerated with {argv[0].rsplit('/', 1)[-1]} ({why})", cfg)
     _fix_appliance_root(guest, cfg)
 
 
@@ -184,29 +194,27 @@ def _grub2_default_linux(guest: LinuxGuest, cfg: str, text: str) -> str | None:
     return entry.linux if entry is not None else None
 
 
-def _set_grub2_default(
-    guest: LinuxGuest, kernel: LinuxKernel, cfg: str, text: str, argv: list[str]
-) -> None:
+def _set_grub2_default(guest: LinuxGuest, kernel: LinuxKernel, cfg: str, text: str) -> bool:
+    """Make the normal entry of kernel the default; True when GRUB_DEFAULT had to change."""
     name = kernel.path.rsplit("/", 1)[-1]
     current = _grub2_default_linux(guest, cfg, text)
     if current is not None and current.rsplit("/", 1)[-1] == name:
         log.info("%s already boots %s by default", cfg, name)
-        return
+        return False
     ref = entry_ref(parse_menu(text), name)
     if ref is None:
-        raise ConversionError(f"the regenerated {cfg} has no menu entry for {kernel.path}")
+        raise ConversionError(f"{cfg} has no menu entry for {kernel.path}")
     defaults = guest.read(DEFAULT_GRUB) or ""
     if grub_default(defaults) == "saved":
         _set_saved_entry(guest, _grubenv_path(guest, cfg), ref)
-        return
+        return False
     guest.write(
         DEFAULT_GRUB,
         set_grub_default(defaults, ref),
         STEP,
         f'GRUB_DEFAULT="{ref}" (kernel {kernel.version})',
     )
-    # GRUB_DEFAULT is read by grub-mkconfig, so the menu has to be generated once more.
-    _regenerate(guest, argv, cfg)
+    return True
 
 
 def _set_saved_entry(guest: LinuxGuest, grubenv: str, entry: str) -> None:

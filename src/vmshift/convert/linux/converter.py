@@ -15,6 +15,7 @@ from vmshift.convert.linux import (
     tools_removal,
 )
 from vmshift.convert.linux.context import LinuxGuest, family_of
+from vmshift.convert.steptimer import StepTimer
 from vmshift.guest import safety
 from vmshift.guest.inspect import mount_os
 from vmshift.guest.session import GuestSession
@@ -29,14 +30,19 @@ class LinuxConverter:
     ) -> GuestCaps:
         g = session.g
         guest = LinuxGuest(g=g, os=os, vm=vm, family=family_of(os), block_bus=opts.block_driver)
+        timer = StepTimer()  # each step's wall time, for --report's timings
         # Refusals before the first write: a dirty filesystem, then too little room.
-        safety.check_filesystems(session, os)
-        g.umount_all()
-        mount_os(g, os.root, readonly=False)
+        with timer.step("fs_check"):
+            safety.check_filesystems(session, os)
+            g.umount_all()
+            mount_os(g, os.root, readonly=False)
         try:
-            safety.check_guest_free_space(g, os)
-            tools_removal.remove_foreign_software(guest)
-            chosen = kernel.choose_kernel(guest)
+            with timer.step("space_check"):
+                safety.check_guest_free_space(g, os)
+            with timer.step("tools_removal"):
+                tools_removal.remove_foreign_software(guest)
+            with timer.step("kernel"):
+                chosen = kernel.choose_kernel(guest)
             virtio = chosen is not None
             if not virtio:
                 # No kernel can drive virtio: keep the guest on emulated devices that its
@@ -45,18 +51,25 @@ class LinuxConverter:
                 guest.warn("no installed kernel supports virtio; using SATA disks and e1000")
             # Device names first: the initramfs carries lvm.conf, resume= and LVM's devices
             # file, so it must be rebuilt after they name the new disks.
-            devices.rename_block_devices(guest)
-            consoles.fix(guest)
+            with timer.step("devices"):
+                devices.rename_block_devices(guest)
+            with timer.step("consoles"):
+                consoles.fix(guest)
             # The initramfs copies .link files and udev rules: bind NIC names before it.
-            network.preserve_interface_names(guest)
+            with timer.step("network"):
+                network.preserve_interface_names(guest)
             if virtio:
-                initramfs.rebuild(guest)
-            # Last of the boot chain: regenerating grub.cfg picks up every command-line edit.
-            bootloader.update(guest)
-            finish.run(guest)
+                with timer.step("initramfs"):
+                    initramfs.rebuild(guest)
+            # Last of the boot chain: grub.cfg must carry every command-line edit above.
+            with timer.step("bootloader"):
+                bootloader.update(guest)
+            with timer.step("finish"):
+                finish.run(guest)
         finally:
-            g.sync()
-            g.umount_all()
+            with timer.step("sync"):
+                g.sync()
+                g.umount_all()
         firmware = target_firmware(vm, os)
         net_ok = guest.kernel is not None and guest.kernel.virtio_net is not DriverPresence.ABSENT
         return GuestCaps(
@@ -73,4 +86,5 @@ class LinuxConverter:
             drivers_installed=("virtio_blk", "virtio_net") if virtio else (),
             warnings=tuple(guest.warnings),
             changes=tuple(guest.changes),
+            timings=timer.timings,
         )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from vmshift.convert.base import ConvertOptions
 from vmshift.convert.firmware import keeps_secure_boot, target_firmware
+from vmshift.convert.steptimer import StepTimer
 from vmshift.convert.windows import checks, drivers, firstboot, services, uefi
 from vmshift.convert.windows.context import WindowsGuest, make_guest
 from vmshift.guest import safety
@@ -18,26 +21,42 @@ class WindowsConverter:
     def convert(
         self, session: GuestSession, os: OperatingSystem, vm: SourceVM, opts: ConvertOptions
     ) -> GuestCaps:
+        timer = StepTimer()  # each step's wall time, for --report's timings
         # Before the read-write mount, which ntfs-3g refuses on a hibernated volume.
-        checks.refuse_hibernated(os)
-        safety.check_filesystems(session, os)
-        g = session.g
-        g.umount_all()
-        mount_os(g, os.root, readonly=False)
-        try:
-            safety.check_guest_free_space(g, os)
-            guest = make_guest(g, os, vm, opts)
-            # Refusals first: a guest that must not be converted is left untouched.
-            checks.refuse_or_warn(guest)
-            services.disable_foreign(guest)
-            drivers.install(guest)
-            uefi.ensure_fallback(guest)
-            # Last: it queues the scripts every step before it asked for.
-            firstboot.install(guest)
-        finally:
-            g.sync()
+        with timer.step("fs_check"):
+            checks.refuse_hibernated(os)
+            safety.check_filesystems(session, os)
+            g = session.g
             g.umount_all()
-        return guest_caps(guest)
+            mount_os(g, os.root, readonly=False)
+        guest: WindowsGuest | None = None
+        try:
+            with timer.step("space_check"):
+                safety.check_guest_free_space(g, os)
+            with timer.step("guest"):
+                guest = make_guest(g, os, vm, opts)
+            # Refusals first: a guest that must not be converted is left untouched.
+            with timer.step("checks"):
+                checks.refuse_or_warn(guest)
+            with timer.step("services"):
+                services.disable_foreign(guest)
+            with timer.step("drivers"):
+                drivers.install(guest)
+            with timer.step("uefi"):
+                uefi.ensure_fallback(guest)
+            # Last: it queues the scripts every step before it asked for.
+            with timer.step("firstboot"):
+                firstboot.install(guest)
+            # The steps edited local copies of the hives (hives.py): into the guest, once.
+            with timer.step("hives"):
+                guest.save_hives()
+        finally:
+            if guest is not None:
+                guest.close()
+            with timer.step("sync"):
+                g.sync()
+                g.umount_all()
+        return dataclasses.replace(guest_caps(guest), timings=timer.timings)
 
 
 def guest_caps(guest: WindowsGuest) -> GuestCaps:
