@@ -50,6 +50,11 @@ class FakeG:
     def filesize(self, path: str) -> int:
         return len(self._data(path))
 
+    def statns(self, path: str) -> dict[str, int]:
+        """Regular files only, as stat(2) reports them (symlinks followed one level)."""
+        data = self._data(self.links.get(path, path))
+        return {"st_mode": 0o100644, "st_size": len(data)}
+
     def pread(self, path: str, count: int, offset: int) -> bytes:
         return self._data(path)[offset : offset + count]
 

@@ -48,11 +48,12 @@ def test_limits_are_taken_all_or_nothing(client: redis.Redis) -> None:
 
 
 def test_an_expired_place_is_free_and_a_renewed_one_is_not(client: redis.Redis) -> None:
-    short = Leases(client, "p:", ttl=0.3)
+    # Renewed every 0.5 s against a 1.5 s TTL: room for a loaded machine's late wake-ups.
+    short = Leases(client, "p:", ttl=1.5)
     assert short.acquire([HOST_A], "dead") is None
     assert short.acquire([HOST_B], "alive") is None
     for _ in range(4):
-        time.sleep(0.15)
+        time.sleep(0.5)
         assert short.renew([HOST_B], "alive") == 1
     assert short.renew([HOST_A], "dead") == 0  # it ran out: not brought back
     assert short.acquire([HOST_A], "next") is None

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from vmshift.formats import netconf
@@ -27,8 +25,10 @@ from vmshift.model.inspection import (
 
 log = logging.getLogger(__name__)
 
-# An initramfs bigger than this is not downloaded for inspection.
+# An initramfs bigger than this is not read for inspection.
 MAX_INITRAMFS = 512 << 20
+# The most one pread returns: the appliance protocol's messages are at most 4 MiB.
+_PREAD_CHUNK = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -52,15 +52,35 @@ INITRAMFS_NAMES = (
 _MODULE_SUFFIX = re.compile(r"\.ko(\.gz|\.xz|\.zst|\.bz2)?$")
 
 
-def _read_text(g: Any, path: str, limit: int = 4 << 20) -> str | None:
+def read_guest_file(g: Any, path: str, limit: int) -> bytes | None:
+    """A guest file's bytes (symlinks followed inside the guest), or None when it is missing,
+    not a regular file (a FIFO would block the read) or over limit bytes.
+
+    One statns and a pread per 2 MiB: read_file and download go through the appliance's file
+    transfer, which costs about 0.15 s a file under TCG; pread answers in a few milliseconds.
+    """
     try:
-        if not g.is_file(path, followsymlinks=True) or g.filesize(path) > limit:
+        stat = g.statns(path)
+        size = int(stat["st_size"])
+        if stat["st_mode"] & 0o170000 != 0o100000 or size > limit:
             return None
-        data: bytes = g.read_file(path)
+        chunks = []
+        offset = 0
+        while offset < size:
+            chunk: bytes = g.pread(path, min(_PREAD_CHUNK, size - offset), offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
     except RuntimeError as exc:
         log.debug("cannot read %s: %s", path, exc)
         return None
-    return data.decode("utf-8", errors="replace")
+    return b"".join(chunks)
+
+
+def _read_text(g: Any, path: str, limit: int = 4 << 20) -> str | None:
+    data = read_guest_file(g, path, limit)
+    return None if data is None else data.decode("utf-8", errors="replace")
 
 
 def _glob(g: Any, pattern: str) -> list[str]:
@@ -125,15 +145,13 @@ def _installed_modules(g: Any, moddir: str | None) -> set[str]:
 
 
 def _initramfs_modules(g: Any, path: str) -> set[str] | None:
+    image = read_guest_file(g, path, MAX_INITRAMFS)
+    if image is None:
+        log.info("cannot read initramfs %s (or it is over %d MiB)", path, MAX_INITRAMFS >> 20)
+        return None
     try:
-        if g.filesize(path) > MAX_INITRAMFS:
-            log.info("%s is larger than %d MiB: not read", path, MAX_INITRAMFS >> 20)
-            return None
-        with tempfile.TemporaryDirectory(prefix="vmshift-initrd-") as tmp:
-            local = Path(tmp) / "initrd"
-            g.download(path, str(local))
-            members = list_initramfs(local.read_bytes())
-    except (RuntimeError, InitramfsError) as exc:
+        members = list_initramfs(image)
+    except InitramfsError as exc:
         log.info("cannot read initramfs %s: %s", path, exc)
         return None
     return {

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmshift.errors import ConversionError
+from vmshift.guest.linux_facts import read_guest_file
 from vmshift.model.caps import Change
 from vmshift.model.inspection import LinuxKernel, OperatingSystem
 from vmshift.model.vm import SourceVM
@@ -23,6 +24,8 @@ RHEL_FAMILY = {
 SUSE_FAMILY = {"sles", "suse-based", "opensuse", "sled"}
 
 BACKUP_SUFFIX = ".vmshift-orig"
+# Files read whole from the guest: configuration, module indexes, initramfs images.
+MAX_READ = 512 << 20
 # Directories whose every file a tool reads (ifupdown's `source dir/*`, initscripts,
 # NetworkManager, module-init-tools): a backup beside the file would be read as one more
 # configuration, so backups of their files are kept under BACKUP_ROOT instead.
@@ -92,26 +95,9 @@ class LinuxGuest:
         data = self.read_bytes(path)
         return None if data is None else data.decode("utf-8", errors="surrogateescape")
 
-    def read_bytes(self, path: str, limit: int | None = None) -> bytes | None:
-        """A guest file's bytes; None if it is not a readable file (or is over limit bytes)."""
-        try:
-            if not self.g.is_file(path, followsymlinks=True):
-                return None
-            size: int = self.g.filesize(path)
-            if limit is not None and size > limit:
-                return None
-            # pread is far cheaper than read_file per call in the appliance protocol.
-            chunks = []
-            offset = 0
-            while offset < size:
-                chunk: bytes = self.g.pread(path, min(1 << 20, size - offset), offset)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                offset += len(chunk)
-        except RuntimeError:
-            return None
-        return b"".join(chunks)
+    def read_bytes(self, path: str, limit: int = MAX_READ) -> bytes | None:
+        """A guest file's bytes; None if it is not a readable regular file or is over limit."""
+        return read_guest_file(self.g, path, limit)
 
     def keep_original(self, path: str) -> str:
         """Copy a guest file to its backup place unless a backup is there already."""

@@ -78,7 +78,6 @@ CACHES = (
 # devices; `vgimportdevices -a` recreates it on the new machine.
 LVM_DEVICES_FILE = "/etc/lvm/devices/system.devices"
 _APPLIANCE_DEVICE = re.compile(r"^(?P<disk>/dev/(?:sd|vd|hd|xvd)[a-z]+)(?P<part>\d+)?$")
-_CHUNK = 1 << 20  # well under the protocol's message limit
 _FSTAB_TYPES_WITHOUT_UUID_SPEC = {"crypto_LUKS", "LVM2_member", "linux_raid_member", "unknown", ""}
 
 
@@ -184,19 +183,8 @@ def existing(guest: LinuxGuest, paths: Iterable[str], globs: Iterable[str] = ())
 
 
 def read(guest: LinuxGuest, path: str) -> str | None:
-    """A guest file's text, None if it is not a readable file. pread is one round trip to the
-    appliance where read_file streams through a download (about 1 ms against 140 ms)."""
-    g = guest.g
-    data = b""
-    try:
-        while True:
-            chunk = bytes(g.pread(path, _CHUNK, len(data)))
-            data += chunk
-            if len(chunk) < _CHUNK:
-                break
-    except RuntimeError:
-        return None
-    return data.decode("utf-8", errors="surrogateescape")
+    """A guest file's text, None if it is not a readable file."""
+    return guest.read(path)
 
 
 def kernel_cmdline_files(guest: LinuxGuest) -> list[str]:
