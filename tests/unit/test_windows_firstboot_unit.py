@@ -296,11 +296,20 @@ def test_script_names_and_encoding() -> None:
 class PartsG:
     """Just the partition calls checks and uefi make."""
 
-    def __init__(self, parts: dict[str, tuple[str, str | int, str]]) -> None:
+    def __init__(self, parts: dict[str, tuple[str, str | int, str]], probes: bool) -> None:
         self.parts = parts  # device -> (table type, gpt type or mbr id, vfs type)
+        self.probes = probes  # whether blkid reads the entry, or it takes parted and sfdisk
 
     def list_partitions(self) -> list[str]:
         return list(self.parts)
+
+    def blkid(self, part: str) -> dict[str, str]:
+        table, kind, fstype = self.parts[part]
+        if not self.probes:
+            raise RuntimeError("blkid: ambivalent result")
+        tags = {"DEVNAME": part, "PART_ENTRY_SCHEME": "gpt" if table == "gpt" else "dos"}
+        tags["PART_ENTRY_TYPE"] = kind.lower() if isinstance(kind, str) else f"{kind:#x}"
+        return {**tags, "TYPE": fstype} if fstype else tags
 
     def part_to_dev(self, part: str) -> str:
         return part.rstrip("0123456789")
@@ -325,7 +334,8 @@ class PartsG:
         return self.parts[part][2]
 
 
-def test_partition_kinds_and_esps() -> None:
+@pytest.mark.parametrize("probes", [True, False])
+def test_partition_kinds_and_esps(probes: bool) -> None:
     g = PartsG(
         {
             "/dev/sda1": ("gpt", uefi.ESP_GPT_TYPE.lower(), "vfat"),
@@ -335,7 +345,8 @@ def test_partition_kinds_and_esps() -> None:
             "/dev/sdb2": ("msdos", 0x42, ""),
             "/dev/sdc1": ("gpt", "5808C8AA-7E8F-42E0-85D2-E1E90434CFB3", ""),
             "/dev/sdd1": ("msdos", 0xEF, "vfat"),
-        }
+        },
+        probes,
     )
     assert checks.partition_kinds(g) == {
         "/dev/sdb1": "bitlocker",

@@ -9,5 +9,5 @@ source), each in its own module taking the WindowsGuest context (context.py):
     uefi       make sure the removable-media fallback loader exists on the ESP
     firstboot  install the service that runs the queued scripts once at first boot
 
-The registry is edited through hivex on copies of the hives, uploaded back when a step ends.
+The registry is edited through hivex on copies of the hives, uploaded back after the last step.
 """

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from vmshift.convert.windows.hiveread import read_hive
+from vmshift.convert.windows.partitions import partition_entries
 from vmshift.errors import ConversionError
 from vmshift.model.inspection import OperatingSystem
 
@@ -101,24 +101,10 @@ def refuse_hibernated(os: OperatingSystem) -> None:
 def partition_kinds(g: Any) -> dict[str, str]:
     """Partitions that are BitLocker volumes ("bitlocker") or parts of dynamic disks ("ldm")."""
     kinds: dict[str, str] = {}
-    for part in g.list_partitions():
-        try:
-            disk = g.part_to_dev(part)
-            number = g.part_to_partnum(part)
-            if g.part_get_parttype(disk) == "gpt":
-                if str(g.part_get_gpt_type(disk, number)).upper() in LDM_GPT_TYPES:
-                    kinds[part] = "ldm"
-                    continue
-            elif g.part_get_mbr_id(disk, number) == LDM_MBR_ID:
-                kinds[part] = "ldm"
-                continue
-        except RuntimeError:
-            pass
-        try:
-            fstype = str(g.vfs_type(part))
-        except RuntimeError:
-            continue
-        if fstype.lower() in BITLOCKER_TYPES:
+    for part, entry in partition_entries(g).items():
+        if entry.gpt_type in LDM_GPT_TYPES or entry.mbr_id == LDM_MBR_ID:
+            kinds[part] = "ldm"
+        elif entry.fstype.lower() in BITLOCKER_TYPES:
             kinds[part] = "bitlocker"
     return kinds
 
@@ -145,7 +131,7 @@ def _warn_volumes(guest: WindowsGuest) -> None:
 
 
 def _warn_policies(guest: WindowsGuest) -> None:
-    with read_hive(guest, "SOFTWARE") as software:
+    with guest.read_hive("SOFTWARE") as software:
         blocked = [
             why
             for name, why in BLOCKING_POLICIES.items()
@@ -172,7 +158,7 @@ def security_products(services: dict[str, int | None]) -> list[str]:
 
 
 def _warn_security_software(guest: WindowsGuest) -> None:
-    with read_hive(guest, "SYSTEM") as system:
+    with guest.read_hive("SYSTEM") as system:
         base = rf"{guest.ccs}\Services"
         node = system.node(base)
         services = (

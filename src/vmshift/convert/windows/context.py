@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import logging
 import posixpath
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from vmshift.convert.base import ConvertOptions
+from vmshift.convert.windows.hives import HiveCache
 from vmshift.errors import ConversionError
-from vmshift.guest.registry import HiveEditor
+from vmshift.guest.registry import Hive, HiveEditor
 from vmshift.model.caps import Change
 from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import SourceVM
@@ -41,7 +39,14 @@ class WindowsGuest:
     boot_driver: str | None = None
     # (name, .bat or .ps1 text) run once at first boot, in this order.
     firstboot_scripts: list[tuple[str, str]] = field(default_factory=list)
-    _editing: set[str] = field(default_factory=set, repr=False)
+    hives: HiveCache = field(init=False, repr=False)
+    # Directories found or made, by lower-case path: their real path.
+    _dirs: dict[str, str] = field(default_factory=dict, repr=False)
+    _hive_paths: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.hives = HiveCache(self.g, self.hive_path)
+        self._dirs[self.systemroot.lower()] = self.systemroot
 
     def note(self, step: str, what: str, path: str | None = None) -> None:
         self.changes.append(Change(step, what, path))
@@ -63,6 +68,11 @@ class WindowsGuest:
         """Where the SYSTEM or SOFTWARE hive lives in the guest."""
         if which not in HIVES:
             raise ValueError(f"unknown hive {which!r}")
+        if which not in self._hive_paths:
+            self._hive_paths[which] = self._find_hive(which)
+        return self._hive_paths[which]
+
+    def _find_hive(self, which: str) -> str:
         try:
             ask = (
                 self.g.inspect_get_windows_system_hive
@@ -79,34 +89,21 @@ class WindowsGuest:
                 ) from None
             return real
 
-    @contextmanager
-    def edit_hive(self, which: str) -> Iterator[HiveEditor]:
-        """Download a hive, yield it for editing, and upload it back when the block succeeds.
+    def read_hive(self, which: str) -> AbstractContextManager[Hive]:
+        """The SYSTEM or SOFTWARE hive, read-only, with the edits of the steps so far."""
+        return self.hives.read(which)
 
-        Nothing is uploaded when the block raises: the guest keeps its hive as it was.
-        """
-        if which in self._editing:
-            # Two editors on one hive: whichever uploads last would silently drop the other's
-            # changes.
-            raise ConversionError(f"internal error: the {which} hive is already being edited")
-        guest_path = self.hive_path(which)
-        self._editing.add(which)
-        try:
-            with tempfile.TemporaryDirectory(prefix="vmshift-hive-") as tmp:
-                local = Path(tmp) / which
-                try:
-                    self.g.download(guest_path, str(local))
-                except RuntimeError as exc:
-                    raise ConversionError(f"cannot read {guest_path}: {exc}") from exc
-                editor = HiveEditor(local)
-                yield editor
-                editor.commit()
-                try:
-                    self.g.upload(str(local), guest_path)
-                except RuntimeError as exc:
-                    raise ConversionError(f"cannot write {guest_path}: {exc}") from exc
-        finally:
-            self._editing.discard(which)
+    def edit_hive(self, which: str) -> AbstractContextManager[HiveEditor]:
+        """The hive for editing; its changes are kept when the block succeeds, and reach the
+        guest at save_hives()."""
+        return self.hives.edit(which)
+
+    def save_hives(self) -> None:
+        """Upload the edited hives into the guest: once, after the last step."""
+        self.hives.save()
+
+    def close(self) -> None:
+        self.hives.close()
 
     def mkdir(self, path: str) -> str:
         """Make a directory (and its parents), reusing the case of existing ones; its real path."""
@@ -114,10 +111,14 @@ class WindowsGuest:
         current = "/"
         for part in parts:
             child = posixpath.join(current, part)
-            real = self.case_path(child)
+            real = self._dirs.get(child.lower())
             if real is None:
-                self.g.mkdir(child)
-                real = child
+                real = self.case_path(child)
+                if real is None:
+                    self.g.mkdir(child)
+                    real = child
+                # Directories are never removed during a conversion: ask the guest once.
+                self._dirs[child.lower()] = real
             current = real
         return current
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from vmshift.convert.windows import bootdriver
 from vmshift.convert.windows.context import WindowsGuest
+from vmshift.convert.windows.guestfiles import Placement, put_files
 from vmshift.convert.windows.osdirs import arch_dir, candidates, describe, guest_kind, parse_build
 from vmshift.convert.windows.virtio_tree import DriverFiles, VirtioTree, open_tree
 from vmshift.errors import ConversionError
@@ -67,9 +68,11 @@ def install(guest: WindowsGuest) -> None:
             guest.warn(f"no VirtIO drivers for {what} in {path}")
             return
         agent = tree.index.agent(arch) if arch else None
-        _copy_in(guest, tree, chosen, agent)
+        boot = _boot_choice(guest, chosen)
+        inf_data = _copy_in(guest, tree, chosen, agent, boot)
     guest.drivers_installed.extend(d.driver for d in chosen)
-    _register_boot_driver(guest, chosen)
+    if boot is not None:
+        _register_boot_driver(guest, boot, inf_data)
     _add_device_path(guest)
     _queue_installs(guest, agent)
 
@@ -83,29 +86,39 @@ def driver_dir(guest: WindowsGuest) -> str:
     return guest.mkdir(f"{guest.systemroot}/Drivers/VirtIO")
 
 
-def _put(guest: WindowsGuest, directory: str, name: str, local: Path) -> str:
-    """Upload a file into a guest directory, replacing a file of that name in any case."""
-    target = guest.case_path(f"{directory}/{name}") or f"{directory}/{name}"
-    try:
-        guest.g.upload(str(local), target)
-    except RuntimeError as exc:
-        raise ConversionError(f"cannot write {target} in the guest: {exc}") from exc
-    return target
-
-
 def _copy_in(
-    guest: WindowsGuest, tree: VirtioTree, chosen: list[DriverFiles], agent: str | None
-) -> None:
+    guest: WindowsGuest,
+    tree: VirtioTree,
+    chosen: list[DriverFiles],
+    agent: str | None,
+    boot: str | None,
+) -> bytes:
+    """Copy the drivers (and agent) to the VirtIO folder and the boot driver to System32\\drivers,
+    all at once; the boot driver's INF, as it now is in the VirtIO folder (b"" if it has none)."""
     members = [f for d in chosen for f in d.files] + ([agent] if agent else [])
     local = tree.fetch(members)
+    # By the name each gets in the guest; a name two drivers share ends up with the last one's.
+    files = {posixpath.basename(m).lower(): local[m] for m in members}
     directory = driver_dir(guest)
+    placements = [Placement(directory, name, file) for name, file in files.items()]
+    if boot is not None:
+        drivers_dir = guest.mkdir(f"{guest.systemroot}/System32/drivers")
+        placements.append(Placement(drivers_dir, f"{boot}.sys", files[f"{boot}.sys"]))
+    targets = put_files(guest.g, placements)
     for d in chosen:
-        for member in d.files:
-            _put(guest, directory, posixpath.basename(member).lower(), local[member])
         guest.note("drivers", f"copied {d.driver} ({d.osdir}) to {WIN_DIR}", directory)
     if agent:
-        _put(guest, directory, posixpath.basename(agent).lower(), local[agent])
         guest.note("drivers", f"copied the QEMU guest agent installer {agent}", directory)
+    if boot is None:
+        return b""
+    guest.note("drivers", f"installed the boot disk driver {boot}.sys", targets[-1])
+    inf = files.get(f"{boot}.inf")
+    if inf is not None:
+        return inf.read_bytes()
+    # Not in the tree: an INF an earlier conversion left in the folder is the one there now.
+    earlier = guest.case_path(f"{directory}/{boot}.inf")
+    data: bytes = guest.g.read_file(earlier) if earlier else b""
+    return data
 
 
 def _boot_choice(guest: WindowsGuest, chosen: list[DriverFiles]) -> str | None:
@@ -127,22 +140,7 @@ def _boot_choice(guest: WindowsGuest, chosen: list[DriverFiles]) -> str | None:
     return other
 
 
-def _register_boot_driver(guest: WindowsGuest, chosen: list[DriverFiles]) -> None:
-    driver = _boot_choice(guest, chosen)
-    if driver is None:
-        return
-    g = guest.g
-    vdir = driver_dir(guest)
-    sys_in_guest = guest.case_path(f"{vdir}/{driver}.sys")
-    if sys_in_guest is None:
-        raise ConversionError(f"{driver}.sys vanished from {vdir}")
-    drivers_dir = guest.mkdir(f"{guest.systemroot}/System32/drivers")
-    target = guest.case_path(f"{drivers_dir}/{driver}.sys") or f"{drivers_dir}/{driver}.sys"
-    g.cp(sys_in_guest, target)
-    guest.note("drivers", f"installed the boot disk driver {driver}.sys", target)
-
-    inf_in_guest = guest.case_path(f"{vdir}/{driver}.inf")
-    inf_data: bytes = g.read_file(inf_in_guest) if inf_in_guest else b""
+def _register_boot_driver(guest: WindowsGuest, driver: str, inf_data: bytes) -> None:
     arch = arch_dir(guest.os.arch) or "amd64"
     pre_win8 = (guest.os.major_version, guest.os.minor_version) < (6, 2)
     with guest.edit_hive("SYSTEM") as hive:

@@ -24,7 +24,6 @@ from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING
 
 from vmshift.convert.windows import netconfig, uninstall
-from vmshift.convert.windows.hiveread import read_hive
 from vmshift.errors import ConversionError
 from vmshift.guest.registry import ExpandSz, Hive
 
@@ -143,10 +142,10 @@ def to_batch(text: str) -> bytes:
 
 
 def install(guest: WindowsGuest) -> None:
-    with read_hive(guest, "SOFTWARE") as software:
+    with guest.read_hive("SOFTWARE") as software:
         drive = _system_drive(software)
         uninstallers = _uninstall_scripts(guest, software)
-    with read_hive(guest, "SYSTEM") as system:
+    with guest.read_hive("SYSTEM") as system:
         network = _network_scripts(guest, system)
     # The driver step's scripts first: the NIC settings need the virtio-net driver installed.
     scripts = [*guest.firstboot_scripts, *uninstallers, *network]

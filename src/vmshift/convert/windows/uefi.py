@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from vmshift.convert.firmware import target_firmware
+from vmshift.convert.windows.partitions import partition_entries
 from vmshift.errors import ConversionError
 from vmshift.model.vm import Firmware
 
@@ -55,20 +56,11 @@ def ensure_fallback(guest: WindowsGuest) -> None:
 
 def esp_candidates(g: Any) -> list[str]:
     """Partitions typed as an EFI system partition, on any disk, in device order."""
-    found = []
-    for part in g.list_partitions():
-        try:
-            disk = g.part_to_dev(part)
-            number = g.part_to_partnum(part)
-            if g.part_get_parttype(disk) == "gpt":
-                is_esp = str(g.part_get_gpt_type(disk, number)).upper() == ESP_GPT_TYPE
-            else:
-                is_esp = g.part_get_mbr_id(disk, number) == ESP_MBR_ID
-        except RuntimeError:
-            continue
-        if is_esp:
-            found.append(part)
-    return found
+    return [
+        part
+        for part, entry in partition_entries(g).items()
+        if entry.gpt_type == ESP_GPT_TYPE or entry.mbr_id == ESP_MBR_ID
+    ]
 
 
 def _case_path(g: Any, path: str) -> str | None:
