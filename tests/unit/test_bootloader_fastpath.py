@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from tests.guests.debian_real import GRUB_DEFAULT
 from vmshift.convert.linux import bootloader, grub_inplace
 from vmshift.convert.linux.context import LinuxGuest
 from vmshift.errors import ConversionError
@@ -82,14 +83,8 @@ def menu(versions: tuple[str, ...], initrd: bool = True, default: str = "0") -> 
     return text + "### END /etc/grub.d/40_custom ###\n"
 
 
-DEFAULTS = """\
-GRUB_DEFAULT=0
-GRUB_TIMEOUT=1
-GRUB_DISTRIBUTOR=`lsb_release -i -s 2> /dev/null || echo Debian`
-GRUB_CMDLINE_LINUX_DEFAULT=""
-GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200"
-GRUB_DISABLE_LINUX_UUID=true
-"""
+# The real Debian guest's settings (GRUB_DISABLE_LINUX_UUID=true: root by device name).
+DEFAULTS = GRUB_DEFAULT
 
 
 def debian(
