@@ -1,8 +1,9 @@
 """The kernel, initramfs and bootloader steps on phony guests, each on an overlay.
 
 The real Debian guest goes through the same steps in tests/integration/test_linux_conversion.py
-(a whole conversion that then boots on virtio); repeating its 4-minute update-initramfs here
-would add nothing but time. Appliance launches are the cost, so the module-scoped fixture does
+(a whole conversion that then boots on virtio: the appended initramfs and the grub.cfg edited in
+place on two of them, the full rebuild on the lz4 one); repeating them here would add nothing
+but time. Appliance launches are the cost, so the module-scoped fixture does
 all its work in one launch and the tests only look at what it collected.
 """
 

@@ -51,10 +51,12 @@ def libvirtd() -> Iterator[PrivateLibvirtd]:
 
 @pytest.fixture(scope="module")
 def conversions(real_debian: BuiltGuest, libvirtd: PrivateLibvirtd) -> dict[str, Future[Converted]]:
-    """Convert the three real guests two at a time: each conversion spends minutes in a
-    single-threaded TCG appliance (update-initramfs), so two keep both cores busy. The LVM
-    guest goes to -o qemu: its boot check runs the script vmshift wrote; the UEFI guest to
-    -o rhv: its boot check boots the devices the OVF in the export domain names."""
+    """Convert the three real guests two at a time: each conversion and boot check runs in a
+    single-threaded TCG qemu, so two keep both cores busy. The base and UEFI guests take the
+    initramfs fast path (drivers appended); the LVM guest's lz4 image its fallback (a full
+    update-initramfs, minutes under TCG). The LVM guest goes to -o qemu: its boot check runs the
+    script vmshift wrote; the UEFI guest to -o rhv: its boot check boots the devices the OVF in
+    the export domain names."""
     from tests.guests import debian_real
 
     guests = {
