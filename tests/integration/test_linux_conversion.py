@@ -7,6 +7,7 @@ writes boots, not a command line of its own."""
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -125,26 +126,44 @@ def test_real_debian_boots_on_virtio_with_its_static_address(
     assert "/etc/fstab" in paths
     assert report["devices"]["virtio"] is True  # type: ignore[index]
     # open-vm-tools is gone from the output's package database.
-    status = _read_output_file(outdir / "debian12-vmware-sda", "/dev/sda1", "/var/lib/dpkg/status")
+    status, grub_cfg, regenerated = _look_into_output(outdir / "debian12-vmware-sda", outdir)
     assert b"Package: open-vm-tools\n" not in status
     assert b"Package: systemd\n" in status
+    # grub.cfg was edited in place, not regenerated: it is what the guest's own update-grub
+    # writes (run on a throwaway overlay of the output), but for the root's name, which the
+    # appliance sees as sda1 (GRUB_DISABLE_LINUX_UUID=true) and the converted guest as vda1.
+    bootloader = [c["what"] for c in changes if c["step"] == "bootloader"]
+    assert any(w.startswith("edited in place") for w in bootloader), bootloader
+    assert "root=/dev/vda1 " in grub_cfg and "/dev/sda" not in grub_cfg
+    assert regenerated.replace("root=/dev/sda1 ", "root=/dev/vda1 ") == grub_cfg
     assert {p: sha256(p) for p in before} == before
 
 
-def _read_output_file(disk: Path, device: str, path: str) -> bytes:
-    """One file of a converted disk, read through a read-only appliance."""
+def _look_into_output(disk: Path, scratch: Path) -> tuple[bytes, str, str]:
+    """dpkg's status file and grub.cfg of a converted disk, and the grub.cfg the guest's own
+    update-grub writes, run on a throwaway overlay so the output itself is not touched."""
     import guestfs
 
+    overlay = scratch.parent / f"{disk.name}.look.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk), "-F", "qcow2", str(overlay)],
+        check=True,
+    )
     g = guestfs.GuestFS(python_return_dict=True)
     if not detect_accelerator().is_kvm:
         g.set_backend_settings(["force_tcg"])
     try:
-        g.add_drive_opts(str(disk), format="qcow2", readonly=True)
+        g.add_drive_opts(str(overlay), format="qcow2")
         g.launch()
-        g.mount_ro(device, "/")
-        return bytes(g.read_file(path))
+        g.mount("/dev/sda1", "/")
+        status = bytes(g.read_file("/var/lib/dpkg/status"))
+        grub_cfg = bytes(g.read_file("/boot/grub/grub.cfg")).decode()
+        g.command(["update-grub"])
+        regenerated = bytes(g.read_file("/boot/grub/grub.cfg")).decode()
+        return status, grub_cfg, regenerated
     finally:
         g.close()
+        overlay.unlink()
 
 
 @pytest.mark.parametrize("variant", ["lvm", "uefi"])

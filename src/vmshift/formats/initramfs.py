@@ -171,6 +171,17 @@ _STREAMS: list[tuple[bytes, str, Callable[[memoryview], tuple[bytes, int]]]] = [
 _ERRORS = (OSError, EOFError, ValueError, RuntimeError, lzma.LZMAError, zlib.error)
 
 
+def decompress(data: bytes) -> tuple[str, bytes] | None:
+    """(compression, contents) of the stream data starts with; None when no known one does."""
+    for magic, kind, unpack in _STREAMS:
+        if data.startswith(magic):
+            try:
+                return kind, unpack(memoryview(data))[0]
+            except _ERRORS as exc:
+                raise InitramfsError(f"cannot decompress the {kind} stream: {exc}") from exc
+    return None
+
+
 def _archives(data: bytes, out: list[CpioEntry]) -> None:
     """Every cpio archive in data (a decompressed stream), zero padding between them."""
     pos = 0
@@ -226,4 +237,11 @@ def list_initramfs(data: bytes) -> list[str]:
     return read_initramfs(data).names()
 
 
-__all__ = ["InitramfsError", "InitramfsImage", "Segment", "list_initramfs", "read_initramfs"]
+__all__ = [
+    "InitramfsError",
+    "InitramfsImage",
+    "Segment",
+    "decompress",
+    "list_initramfs",
+    "read_initramfs",
+]

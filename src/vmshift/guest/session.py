@@ -7,16 +7,19 @@ host kernel: the filesystems are untrusted and may be crafted to exploit a kerne
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vmshift.blockio.imageinfo import ImageInfo
 from vmshift.blockio.overlay import CLUSTER_SIZE
 from vmshift.errors import EnvironmentProblem, InspectionError
 from vmshift.guest.accel import detect_accelerator
+from vmshift.guest.appliance import pvh_appliance
 from vmshift.model.devnames import scsi_disk_name
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,47 @@ class GuestSession:
         return None
 
 
+def _configure(g: Any, kvm: bool, readonly: bool, fast: bool) -> Path | None:
+    """Set the handle up; the fixed appliance it boots (fast and one could be made), or None."""
+    # libguestfs's own memsize (1280 MiB), smp (1) and kernel command line are kept: under TCG
+    # neither 512-1024 MiB nor mitigations=off started it measurably sooner (about 11 s of qemu
+    # CPU time each), and 2 vCPUs cost 2-3 s more CPU to start with no gain on forks or gzip.
+    if not kvm:
+        g.set_backend_settings(["force_tcg"])
+    direct = str(g.get_backend()).startswith("direct")
+    if not readonly and direct:
+        # The appliance's disks say they discard in 4 KiB units, so the kernel splits a long
+        # fstrim range (at 1 GiB) on 4 KiB boundaries, and the overlay cluster astride each
+        # split is only ever half discarded: it stays allocated from the source, and the copy
+        # reads it (64 KiB per GiB of free space, 128 MiB on a 2 TiB disk). In whole clusters,
+        # every split falls on a cluster boundary.
+        g.config("-global", f"scsi-hd.discard_granularity={CLUSTER_SIZE}")
+    appliance = pvh_appliance(str(g.get_cachedir()), os.getuid()) if fast and direct else None
+    if appliance is not None:
+        g.set_path(str(appliance))
+    return appliance
+
+
+def _add_drives(
+    g: Any, images: Sequence[ImageInfo], names: list[str], readonly: bool, copy_on_read: bool
+) -> list[AttachedDisk]:
+    attached: list[AttachedDisk] = []
+    for index, image in enumerate(images):
+        if readonly:
+            g.add_drive_opts(str(image.path), format=image.format, readonly=True)
+        else:
+            # Writable drives are always overlays: let fstrim free their clusters.
+            g.add_drive_opts(
+                str(image.path),
+                format=image.format,
+                discard="besteffort",
+                copyonread=copy_on_read,
+            )
+        device = f"/dev/{scsi_disk_name(index)}"
+        attached.append(AttachedDisk(image, readonly, device, names[index]))
+    return attached
+
+
 @contextmanager
 def open_session(
     images: Sequence[ImageInfo],
@@ -103,42 +147,30 @@ def open_session(
     names = list(labels) if labels is not None else [str(i.path) for i in images]
     guestfs = _import_guestfs()
     accel = detect_accelerator()
-    g = guestfs.GuestFS(python_return_dict=True)
-    # libguestfs's own memsize (1280 MiB), smp (1) and kernel command line are kept: under TCG
-    # neither 512-1024 MiB nor mitigations=off started it measurably sooner (about 11 s of qemu
-    # CPU time each), and 2 vCPUs cost 2-3 s more CPU to start with no gain on forks or gzip.
-    if not accel.is_kvm:
-        g.set_backend_settings(["force_tcg"])
-    if not readonly and str(g.get_backend()).startswith("direct"):
-        # The appliance's disks say they discard in 4 KiB units, so the kernel splits a long
-        # fstrim range (at 1 GiB) on 4 KiB boundaries, and the overlay cluster astride each
-        # split is only ever half discarded: it stays allocated from the source, and the copy
-        # reads it (64 KiB per GiB of free space, 128 MiB on a 2 TiB disk). In whole clusters,
-        # every split falls on a cluster boundary.
-        g.config("-global", f"scsi-hd.discard_granularity={CLUSTER_SIZE}")
-    log.info("launching the libguestfs appliance (%s)", accel.name.upper())
-    attached: list[AttachedDisk] = []
-    try:
-        for index, image in enumerate(images):
-            if readonly:
-                g.add_drive_opts(str(image.path), format=image.format, readonly=True)
-            else:
-                # Writable drives are always overlays: let fstrim free their clusters.
-                g.add_drive_opts(
-                    str(image.path),
-                    format=image.format,
-                    discard="besteffort",
-                    copyonread=copy_on_read,
-                )
-            device = f"/dev/{scsi_disk_name(index)}"
-            attached.append(AttachedDisk(image, readonly, device, names[index]))
+    fast = True
+    while True:
+        g = guestfs.GuestFS(python_return_dict=True)
+        appliance = _configure(g, accel.is_kvm, readonly, fast)
+        log.info("launching the libguestfs appliance (%s)", accel.name.upper())
         try:
+            attached = _add_drives(g, images, names, readonly, copy_on_read)
             g.launch()
+            break
         except RuntimeError as exc:
+            g.close()
+            if appliance is not None:
+                # Whatever the reason, the usual appliance is the one to try next.
+                log.info("the appliance with the uncompressed kernel failed: %s", exc)
+                fast = False
+                continue
             raise InspectionError(
                 f"the libguestfs appliance failed to start: {exc}",
                 hint="run 'libguestfs-test-tool' to see why",
             ) from exc
+        except BaseException:
+            g.close()
+            raise
+    try:
         # Device names in the appliance follow the order drives were added, but ask to be sure.
         devices = list(g.list_devices())
         attached = [

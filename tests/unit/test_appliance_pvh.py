@@ -1,0 +1,124 @@
+"""The fast appliance start: an uncompressed PVH kernel beside libguestfs's own appliance."""
+
+from __future__ import annotations
+
+import lzma
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmshift.formats.bzimage import KernelImageError, has_pvh_entry, vmlinux
+from vmshift.guest import session
+from vmshift.guest.appliance import PREFIX, pvh_appliance
+
+
+def elf_kernel(pvh: bool) -> bytes:
+    """A 64-bit ELF with one PT_NOTE segment holding a Xen note (type 18 = PVH entry, or 5)."""
+    desc = struct.pack("<I", 0x1000000)
+    note = struct.pack("<III", 4, len(desc), 18 if pvh else 5) + b"Xen\0" + desc
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<Q", header, 0x20, 64)  # e_phoff
+    struct.pack_into("<HH", header, 0x36, 56, 1)  # e_phentsize, e_phnum
+    phdr = struct.pack("<IIQQQQQQ", 4, 0, 64 + 56, 0, 0, len(note), len(note), 4)
+    return bytes(header) + phdr + note + b"\0" * 256
+
+
+def bzimage(kernel: bytes) -> bytes:
+    """setup (1 sector + the boot sector) and an xz payload, as the boot protocol lays it out."""
+    packed = lzma.compress(kernel, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32)
+    setup = bytearray(1024)
+    setup[0x1F1] = 1
+    setup[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", setup, 0x206, 0x020F)
+    struct.pack_into("<II", setup, 0x248, 16, len(packed))
+    return bytes(setup) + b"\0" * 16 + packed
+
+
+def test_the_kernel_comes_out_of_the_bzimage_with_its_pvh_note() -> None:
+    kernel = elf_kernel(pvh=True)
+    assert vmlinux(bzimage(kernel)) == kernel
+    assert has_pvh_entry(kernel)
+    assert not has_pvh_entry(elf_kernel(pvh=False))
+    with pytest.raises(KernelImageError, match="not a bzImage"):
+        vmlinux(b"MZ" + b"\0" * 1024)
+
+
+def _libguestfs_cache(root: Path, kernel: bytes) -> Path:
+    built = root / ".guestfs-0" / "appliance.d"
+    built.mkdir(parents=True)
+    (built / "kernel").write_bytes(bzimage(kernel))
+    (built / "initrd").write_bytes(b"initrd")
+    (built / "root").write_bytes(b"root")
+    return built
+
+
+def test_a_fixed_appliance_is_made_once_per_kernel(tmp_path: Path) -> None:
+    built = _libguestfs_cache(tmp_path, elf_kernel(pvh=True))
+    first = pvh_appliance(str(tmp_path), 0)
+    assert first is not None and first.name.startswith(PREFIX)
+    assert (first / "kernel").read_bytes() == elf_kernel(pvh=True)
+    assert (first / "initrd").resolve() == (built / "initrd").resolve()
+    assert (first / "root").resolve() == (built / "root").resolve()
+    assert (first / "README.fixed").is_file()
+    assert pvh_appliance(str(tmp_path), 0) == first
+    # libguestfs rebuilt its appliance with another kernel: a new copy, the old one removed.
+    (built / "kernel").write_bytes(bzimage(elf_kernel(pvh=True) + b"\1"))
+    second = pvh_appliance(str(tmp_path), 0)
+    assert second is not None and second != first and not first.exists()
+
+
+def test_no_fixed_appliance_without_a_pvh_kernel_or_a_built_appliance(tmp_path: Path) -> None:
+    assert pvh_appliance(str(tmp_path), 0) is None  # libguestfs never ran here
+    _libguestfs_cache(tmp_path, elf_kernel(pvh=False))
+    assert pvh_appliance(str(tmp_path), 0) is None
+    assert not list((tmp_path / ".guestfs-0").glob(f"*{PREFIX}*"))
+
+
+class FakeHandle:
+    """What open_session asks of a libguestfs handle; launch fails with the fixed appliance."""
+
+    launches: list[str | None] = []
+
+    def __init__(self, python_return_dict: bool = True) -> None:
+        self.path: str | None = None
+
+    def set_backend_settings(self, settings: list[str]) -> None: ...
+    def get_backend(self) -> str:
+        return "direct"
+
+    def config(self, *args: str) -> None: ...
+    def get_cachedir(self) -> str:
+        return "/nonexistent"
+
+    def set_path(self, path: str) -> None:
+        self.path = path
+
+    def add_drive_opts(self, *args: Any, **kwargs: Any) -> None: ...
+    def launch(self) -> None:
+        FakeHandle.launches.append(self.path)
+        if self.path is not None:
+            raise RuntimeError("guestfsd did not start")
+
+    def list_devices(self) -> list[str]:
+        return ["/dev/sda"]
+
+    def shutdown(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def test_a_failed_fast_start_falls_back_to_the_usual_appliance(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    class FakeModule:
+        GuestFS = FakeHandle
+
+    monkeypatch.setattr(session, "_import_guestfs", lambda: FakeModule)
+    monkeypatch.setattr(session, "pvh_appliance", lambda cachedir, uid: tmp_path)
+    image: Any = type("Image", (), {"path": tmp_path / "d.qcow2", "format": "qcow2"})()
+    FakeHandle.launches = []
+    with session.open_session([image]) as opened:
+        assert opened.g.path is None
+    assert FakeHandle.launches == [str(tmp_path), None]
