@@ -90,6 +90,9 @@ class FakeHandle:
         return "direct"
 
     def config(self, *args: str) -> None: ...
+    def get_path(self) -> str:
+        return "/nonexistent"
+
     def get_cachedir(self) -> str:
         return "/nonexistent"
 
@@ -122,3 +125,27 @@ def test_a_failed_fast_start_falls_back_to_the_usual_appliance(
     with session.open_session([image]) as opened:
         assert opened.g.path is None
     assert FakeHandle.launches == [str(tmp_path), None]
+
+
+def test_a_fixed_appliance_the_user_chose_is_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "README.fixed").write_text("the user's own\n")
+
+    class UsersChoice(FakeHandle):
+        def get_path(self) -> str:
+            return f"/nonexistent:{tmp_path}"
+
+    class FakeModule:
+        GuestFS = UsersChoice
+
+    def no_copy(cachedir: str, uid: int) -> Path:
+        raise AssertionError("the user's appliance must not be replaced")
+
+    monkeypatch.setattr(session, "_import_guestfs", lambda: FakeModule)
+    monkeypatch.setattr(session, "pvh_appliance", no_copy)
+    image: Any = type("Image", (), {"path": tmp_path / "d.qcow2", "format": "qcow2"})()
+    FakeHandle.launches = []
+    with session.open_session([image]) as opened:
+        assert opened.g.path is None
+    assert FakeHandle.launches == [None]

@@ -104,7 +104,11 @@ def _configure(g: Any, kvm: bool, readonly: bool, fast: bool) -> Path | None:
         # reads it (64 KiB per GiB of free space, 128 MiB on a 2 TiB disk). In whole clusters,
         # every split falls on a cluster boundary.
         g.config("-global", f"scsi-hd.discard_granularity={CLUSTER_SIZE}")
-    appliance = pvh_appliance(str(g.get_cachedir()), os.getuid()) if fast and direct else None
+    # A fixed appliance the user chose (LIBGUESTFS_PATH) is kept as it is.
+    chosen = any((Path(p) / "README.fixed").is_file() for p in str(g.get_path()).split(":"))
+    appliance = None
+    if fast and direct and not chosen:
+        appliance = pvh_appliance(str(g.get_cachedir()), os.getuid())
     if appliance is not None:
         g.set_path(str(appliance))
     return appliance
