@@ -21,6 +21,7 @@ from vmshift.convert.linux.context import LinuxGuest
 from vmshift.errors import ConversionError
 from vmshift.formats.initramfs import InitramfsError, InitramfsImage, read_initramfs
 from vmshift.formats.kmod import module_name, module_names
+from vmshift.guest.linux_facts import MAX_INITRAMFS
 from vmshift.model.inspection import LinuxKernel
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,7 @@ STEP = "initramfs"
 # What is added to the image: the PCI transport, both disk drivers, and the NIC driver (so a
 # network root or early networking keeps working too).
 VIRTIO_DRIVERS = ("virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net")
-# An image bigger than this is not read back (a crafted guest must not fill host memory).
-MAX_IMAGE = initramfs_append.MAX_IMAGE
+MAX_IMAGE = MAX_INITRAMFS  # one limit on reading an initramfs, in inspection and here
 BACKUP_SUFFIX = ".vmshift-orig"
 MODULES_FILE = "/etc/initramfs-tools/modules"
 
@@ -97,24 +97,33 @@ def _kernel_modules(guest: LinuxGuest, version: str) -> tuple[set[str], set[str]
     return builtin, installed
 
 
-def read_image(guest: LinuxGuest, image: str) -> InitramfsImage | None:
-    """An initramfs in the guest, parsed; None if it cannot be read."""
+def load_image(guest: LinuxGuest, image: str) -> InitramfsImage:
+    """An initramfs in the guest, parsed; InitramfsError says why it cannot be."""
     data = guest.read_bytes(image, limit=MAX_IMAGE)
     if data is None:
-        log.info("%s is not readable or larger than %d MiB", image, MAX_IMAGE >> 20)
-        return None
+        raise InitramfsError(f"{image} is not readable or larger than {MAX_IMAGE >> 20} MiB")
     try:
         return read_initramfs(data)
     except InitramfsError as exc:
-        log.info("cannot read %s: %s", image, exc)
+        raise InitramfsError(f"{image} cannot be read: {exc}") from exc
+
+
+def read_image(guest: LinuxGuest, image: str) -> InitramfsImage | None:
+    """load_image, None when it cannot be read."""
+    try:
+        return load_image(guest, image)
+    except InitramfsError as exc:
+        log.info("%s", exc)
         return None
 
 
 def image_modules(guest: LinuxGuest, image: str) -> set[str] | None:
     """The kernel modules inside an initramfs in the guest, or None if it cannot be read."""
     parsed = read_image(guest, image)
-    if parsed is None:
-        return None
+    return None if parsed is None else _modules_in(parsed)
+
+
+def _modules_in(parsed: InitramfsImage) -> set[str]:
     return {name for name in map(module_name, parsed.effective()) if name}
 
 
@@ -135,12 +144,17 @@ def rebuild(guest: LinuxGuest) -> None:
         guest.note(STEP, f"skipped: kernel {kernel.version} has the virtio drivers built in")
         return
     exists = guest.g.is_file(image, followsymlinks=True)
-    # Inspection read the image already: when it saw no virtio_blk, don't download it again.
-    if exists and kernel.initramfs_virtio_blk is not False:
-        present = image_modules(guest, image) or set()
-        if all(m in present for m in needed):
-            guest.note(STEP, f"skipped: {image} already carries {', '.join(needed)}", image)
-            return
+    # One read of the image serves this check and the fast path below.
+    parsed: InitramfsImage | None = None
+    unreadable = ""
+    if exists:
+        try:
+            parsed = load_image(guest, image)
+        except InitramfsError as exc:
+            unreadable = exc.message
+    if parsed is not None and all(m in _modules_in(parsed) for m in needed):
+        guest.note(STEP, f"skipped: {image} already carries {', '.join(needed)}", image)
+        return
     if installed is not None:
         absent = [m for m in needed if m not in installed]
         if absent:
@@ -155,9 +169,13 @@ def rebuild(guest: LinuxGuest) -> None:
     if guest.family == "debian":
         _list_in_modules_file(guest, drivers)
     if exists:
-        depmod = find_tool(guest, "depmod")
-        why_not = initramfs_append.append(guest, kernel.version, image, drivers, depmod)
-        if why_not is None:
+        why_not = unreadable
+        if parsed is not None:
+            depmod = find_tool(guest, "depmod")
+            why_not = initramfs_append.append(
+                guest, kernel.version, image, parsed, drivers=drivers, depmod=depmod
+            )
+        if not why_not:
             _verify(guest, kernel, image, needed)
             return
         guest.note(STEP, f"not appended to the image ({why_not}): rebuilding it", image)
@@ -229,7 +247,7 @@ def _verify(guest: LinuxGuest, kernel: LinuxKernel, image: str, needed: list[str
     if parsed is None:
         raise ConversionError(f"the rebuilt {image} cannot be read back to check it")
     members = parsed.effective()
-    present = {name for name in map(module_name, members) if name}
+    present = _modules_in(parsed)
     missing = [m for m in needed if m not in present]
     # modprobe and udev find a module through the image's index: it must list them too.
     moddir = initramfs_append.resolve(members, f"lib/modules/{kernel.version}")

@@ -7,7 +7,7 @@ the .ko files, the module indexes of the image's modules plus the new ones (made
 own depmod, as mkinitramfs does), and the list the image's init loads at boot (conf/modules).
 
 Taken only where every part of that can be checked; otherwise append() returns why not, having
-changed nothing, and the caller rebuilds the image with the guest's tool:
+changed nothing, and the caller (which read the image) rebuilds it with the guest's tool:
 - an initramfs-tools image (its init loads conf/modules with the image's modprobe, and udev
   loads the rest by alias from the indexes); dracut images are rebuilt;
 - an image the kernel will read past its end: its last part is plain cpio or a gzip, zstd or xz
@@ -28,14 +28,13 @@ from dataclasses import dataclass
 from vmshift.convert.linux.context import LinuxGuest
 from vmshift.errors import ConversionError
 from vmshift.formats.cpio import CpioEntry, directory, newc_archive, regular
-from vmshift.formats.initramfs import InitramfsError, InitramfsImage, read_initramfs
+from vmshift.formats.initramfs import InitramfsImage
 from vmshift.formats.kmod import closure, module_name, parse_modules_dep, paths_by_name
 from vmshift.symlinks import follow
 
 log = logging.getLogger(__name__)
 
 STEP = "initramfs"
-MAX_IMAGE = 512 << 20  # not read beyond this (a crafted guest must not fill host memory)
 _MODPROBES = ("sbin/modprobe", "usr/sbin/modprobe", "bin/modprobe")
 # What mkinitramfs copies next to the modules before running depmod on them.
 _KERNEL_LISTS = ("modules.order", "modules.builtin", "modules.builtin.modinfo")
@@ -47,18 +46,17 @@ class NotAppendable(Exception):
 
 
 def append(
-    guest: LinuxGuest, version: str, image: str, drivers: list[str], depmod: str | None
-) -> str | None:
-    """Add drivers (and what they need) to image by appending an archive; None when done, else
-    the reason it was not done (nothing changed then)."""
+    guest: LinuxGuest,
+    version: str,
+    image: str,
+    parsed: InitramfsImage,
+    *,
+    drivers: list[str],
+    depmod: str | None,
+) -> str:
+    """Add drivers (and what they need) to image, read as parsed, by appending an archive;
+    "" when done, else the reason it was not done (nothing changed then)."""
     try:
-        data = guest.read_bytes(image, limit=MAX_IMAGE)
-        if data is None:
-            raise NotAppendable(f"{image} is not readable or larger than {MAX_IMAGE >> 20} MiB")
-        try:
-            parsed = read_initramfs(data)
-        except InitramfsError as exc:
-            raise NotAppendable(f"{image} cannot be read: {exc}") from exc
         plan = _plan(guest, version, parsed, drivers, depmod)
         archive = newc_archive(_entries(guest, version, parsed, plan))
     except NotAppendable as exc:
@@ -66,7 +64,7 @@ def append(
     except ConversionError as exc:  # the guest's depmod failed
         return exc.message
     # The kernel takes an archive only at a 4-byte aligned offset of the image.
-    tail = b"\0" * (-len(data) % 4) + archive
+    tail = b"\0" * (-parsed.size % 4) + archive
     for start in range(0, len(tail), _WRITE_CHUNK):
         guest.g.write_append(image, tail[start : start + _WRITE_CHUNK])
     guest.note(
@@ -75,7 +73,7 @@ def append(
         f"to the image as an archive of {len(archive) >> 10} KiB",
         image,
     )
-    return None
+    return ""
 
 
 @dataclass(frozen=True)
