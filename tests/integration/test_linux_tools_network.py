@@ -72,7 +72,7 @@ def _convert(g: object, os: OperatingSystem, vm: SourceVM, reads: list[str]) -> 
     result.seconds["network"] = time.monotonic() - started
     for path in reads:
         result.files[path] = guest.read(path)
-    for directory in tools_removal._glob(guest, "/etc/systemd/system/*.wants"):
+    for directory in guest.glob("/etc/systemd/system/*.wants"):
         for name in guest.g.ls(directory):
             path = f"{directory}/{name}"
             if guest.g.is_symlink(path):

@@ -152,12 +152,19 @@ def is_stub(cfg_text: str) -> bool:
     return "configfile" in cfg_text and "menuentry" not in cfg_text and not is_bls(cfg_text)
 
 
-def bls_linux(entry_text: str) -> str | None:
+def bls_fields(entry_text: str) -> dict[str, list[str]]:
+    """A BLS entry's keys (linux, initrd, options ...) and their words, comments left out."""
+    fields: dict[str, list[str]] = {}
     for line in entry_text.splitlines():
         words = line.split()
-        if len(words) >= 2 and words[0] == "linux":
-            return words[1]
-    return None
+        if words and not words[0].startswith("#"):
+            fields.setdefault(words[0], []).extend(words[1:])
+    return fields
+
+
+def bls_linux(entry_text: str) -> str | None:
+    linux = bls_fields(entry_text).get("linux")
+    return linux[0] if linux else None
 
 
 def grub_default(defaults_text: str) -> str:

@@ -83,11 +83,14 @@ def _read_text(g: Any, path: str, limit: int = 4 << 20) -> str | None:
     return None if data is None else data.decode("utf-8", errors="replace")
 
 
-def _glob(g: Any, pattern: str) -> list[str]:
+def glob_paths(g: Any, pattern: str) -> list[str]:
+    """The guest paths matching pattern, sorted; none when the pattern's directory is missing."""
     try:
-        return sorted(g.glob_expand(pattern))
+        found = g.glob_expand(pattern)
     except RuntimeError:
         return []
+    # glob_expand marks directories with a trailing slash.
+    return sorted(str(p).rstrip("/") or "/" for p in found)
 
 
 def _module_dir(g: Any, version: str) -> str | None:
@@ -139,7 +142,7 @@ def _installed_modules(g: Any, moddir: str | None) -> set[str]:
     # No modules.dep (depmod never ran): look for the files themselves.
     names = set()
     for sub in ("drivers/block", "drivers/net", "drivers/scsi", "drivers/virtio"):
-        for path in _glob(g, f"{moddir}/kernel/{sub}/*.ko*"):
+        for path in glob_paths(g, f"{moddir}/kernel/{sub}/*.ko*"):
             names.add(_MODULE_SUFFIX.sub("", path.rsplit("/", 1)[-1]))
     return names
 
@@ -162,7 +165,7 @@ def _initramfs_modules(g: Any, path: str) -> set[str] | None:
 def list_kernels(g: Any) -> tuple[LinuxKernel, ...]:
     kernels = []
     for pattern in KERNEL_GLOBS:
-        for path in _glob(g, pattern):
+        for path in glob_paths(g, pattern):
             name = path.rsplit("/", 1)[-1]
             version = name.split("-", 1)[1]
             # RHEL's rescue kernel is a copy of another kernel with a generic initramfs.
@@ -204,7 +207,7 @@ def _kernel(g: Any, path: str, version: str) -> LinuxKernel:
 
 
 def find_bootloader(g: Any, firmware: str) -> Bootloader:
-    efi_grub = _glob(g, "/boot/efi/EFI/*/grub.cfg")
+    efi_grub = glob_paths(g, "/boot/efi/EFI/*/grub.cfg")
     candidates: list[tuple[str, list[str]]] = [
         ("grub2", ["/boot/grub2/grub.cfg", "/boot/grub/grub.cfg", *efi_grub]),
         ("grub1", ["/boot/grub/menu.lst", "/boot/grub/grub.conf"]),
@@ -227,11 +230,11 @@ def find_network_configs(g: Any) -> tuple[NetworkConfig, ...]:
     def add(path: str, kind: str, names: tuple[str, ...], text: str) -> None:
         found.append(NetworkConfig(path, kind, names, netconf.static_ipv4(kind, text)))
 
-    for path in ["/etc/network/interfaces", *_glob(g, "/etc/network/interfaces.d/*")]:
+    for path in ["/etc/network/interfaces", *glob_paths(g, "/etc/network/interfaces.d/*")]:
         text = _read_text(g, path)
         if text is not None:
             add(path, "ifupdown", netconf.ifupdown_interfaces(text), text)
-    for path in _glob(g, "/etc/netplan/*.yaml") + _glob(g, "/etc/netplan/*.yml"):
+    for path in glob_paths(g, "/etc/netplan/*.yaml") + glob_paths(g, "/etc/netplan/*.yml"):
         text = _read_text(g, path)
         if text is not None:
             add(path, "netplan", netconf.netplan_interfaces(text), text)
@@ -239,17 +242,17 @@ def find_network_configs(g: Any) -> tuple[NetworkConfig, ...]:
         ("/etc/sysconfig/network-scripts", "ifcfg"),
         ("/etc/sysconfig/network", "wicked"),
     ):
-        for path in _glob(g, f"{directory}/ifcfg-*"):
+        for path in glob_paths(g, f"{directory}/ifcfg-*"):
             text = _read_text(g, path)
             if text is not None:
                 name = path.rsplit("/", 1)[-1]
                 add(path, kind, netconf.ifcfg_interfaces(text, name), text)
-    for path in _glob(g, "/etc/NetworkManager/system-connections/*"):
+    for path in glob_paths(g, "/etc/NetworkManager/system-connections/*"):
         text = _read_text(g, path)
         if text is not None:
             add(path, "networkmanager", netconf.nmconnection_interfaces(text), text)
     for pattern in ("/etc/systemd/network/*.network", "/etc/systemd/network/*.link"):
-        for path in _glob(g, pattern):
+        for path in glob_paths(g, pattern):
             text = _read_text(g, path)
             if text is not None:
                 add(path, "systemd-networkd", netconf.networkd_interfaces(text), text)
@@ -259,7 +262,7 @@ def find_network_configs(g: Any) -> tuple[NetworkConfig, ...]:
 def foreign_files(g: Any, table: list[tuple[str, str, Any]]) -> list[ForeignSoftware]:
     found = []
     for pattern, name, kind in table:
-        for path in _glob(g, pattern):
+        for path in glob_paths(g, pattern):
             found.append(ForeignSoftware(kind, name, f"file {path}"))
             break
     return found

@@ -125,7 +125,7 @@ def _grub2_config_path(guest: LinuxGuest, loader: Bootloader) -> str:
     if guest.family == "debian":
         return "/boot/grub/grub.cfg"
     if guest.os.firmware == "uefi":
-        for path in _glob(guest, "/boot/efi/EFI/*/grub.cfg"):
+        for path in guest.glob("/boot/efi/EFI/*/grub.cfg"):
             if path.split("/")[-2].upper() == "BOOT":
                 continue
             # RHEL 9, Fedora 34+ and SUSE keep a stub on the ESP that loads /boot/grub2's;
@@ -229,7 +229,7 @@ def _set_saved_entry(guest: LinuxGuest, grubenv: str, entry: str) -> None:
 def _bls_kernels(guest: LinuxGuest) -> dict[str, str]:
     """BLS entry id -> kernel file name."""
     found = {}
-    for path in _glob(guest, f"{BLS_DIR}/*.conf"):
+    for path in guest.glob(f"{BLS_DIR}/*.conf"):
         linux = bls_linux(guest.read(path) or "")
         if linux:
             found[path.rsplit("/", 1)[-1].removesuffix(".conf")] = linux.rsplit("/", 1)[-1]
@@ -358,13 +358,6 @@ def _listdir(guest: LinuxGuest, path: str) -> dict[str, str]:
         return {str(n).lower(): str(n) for n in guest.g.ls(path)}
     except RuntimeError:
         return {}
-
-
-def _glob(guest: LinuxGuest, pattern: str) -> list[str]:
-    try:
-        return sorted(str(p) for p in guest.g.glob_expand(pattern))
-    except RuntimeError:
-        return []
 
 
 def _realpath(guest: LinuxGuest, path: str) -> str:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmshift.errors import ConversionError
-from vmshift.guest.linux_facts import read_guest_file
+from vmshift.guest.linux_facts import glob_paths, read_guest_file
 from vmshift.model.caps import Change
 from vmshift.model.inspection import LinuxKernel, OperatingSystem
 from vmshift.model.vm import SourceVM
@@ -94,6 +94,10 @@ class LinuxGuest:
     def read(self, path: str) -> str | None:
         data = self.read_bytes(path)
         return None if data is None else data.decode("utf-8", errors="surrogateescape")
+
+    def glob(self, pattern: str) -> list[str]:
+        """The guest paths matching pattern, sorted."""
+        return glob_paths(self.g, pattern)
 
     def read_bytes(self, path: str, limit: int = MAX_READ) -> bytes | None:
         """A guest file's bytes; None if it is not a readable regular file or is over limit."""

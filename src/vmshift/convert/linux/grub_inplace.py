@@ -112,7 +112,7 @@ def _menu(
     listed = {n for n in boot if grub.is_mkconfig_kernel(n, guest.os.arch)}
     listed |= {
         posixpath.basename(p)
-        for p in _glob(guest, "/vmlinuz-*")
+        for p in guest.glob("/vmlinuz-*")
         if grub.is_mkconfig_kernel(posixpath.basename(p), guest.os.arch)
     }
     in_menu: dict[str, list[str]] = {}
@@ -161,12 +161,12 @@ def _bls(guest: LinuxGuest, settings: dict[str, str | None]) -> Verdict:
     # grub.cfg only runs blscfg: the menu is the entries, which kernel-install writes and
     # devices.py edited; grub2-mkconfig rewrites their command line (RHEL 9.0-9.2) from
     # /etc/default/grub, so it must already be that one.
-    entries = _glob(guest, f"{BLS_DIR}/*.conf")
+    entries = guest.glob(f"{BLS_DIR}/*.conf")
     if not entries:
         return Verdict(False, f"grub.cfg reads BLS entries and {BLS_DIR} has none")
     files: list[str] = []
     for path in entries:
-        fields = _bls_fields(guest.read(path) or "")
+        fields = grub.bls_fields(guest.read(path) or "")
         files += fields.get("linux", []) + fields.get("initrd", [])
         options = " ".join(fields.get("options", []))
         if "$kernelopts" not in options:
@@ -177,15 +177,6 @@ def _bls(guest: LinuxGuest, settings: dict[str, str | None]) -> Verdict:
     if reason is not None:
         return Verdict(False, reason)
     return Verdict(True, f"{len(entries)} BLS entries, their kernels and initrds present")
-
-
-def _bls_fields(text: str) -> dict[str, list[str]]:
-    fields: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        key, _, value = line.strip().partition(" ")
-        if key and not key.startswith("#"):
-            fields.setdefault(key, []).extend(value.split())
-    return fields
 
 
 def _entries(menu: list[grub.MenuEntry]) -> list[grub.MenuEntry]:
@@ -208,12 +199,5 @@ def _missing_files(guest: LinuxGuest, paths: list[str]) -> str | None:
 def _listing(guest: LinuxGuest, directory: str) -> list[str]:
     try:
         return [str(n) for n in guest.g.ls(directory)]
-    except RuntimeError:
-        return []
-
-
-def _glob(guest: LinuxGuest, pattern: str) -> list[str]:
-    try:
-        return sorted(str(p) for p in guest.g.glob_expand(pattern))
     except RuntimeError:
         return []

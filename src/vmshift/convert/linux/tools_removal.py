@@ -115,7 +115,7 @@ def _rpm_erase(guest: LinuxGuest, packages: list[str]) -> list[str]:
         guest.warn(f"the guest has no rpm: {', '.join(packages)} left installed")
         return []
     # Berkeley DB environment files of the source's last run make rpm hang or fail.
-    for stale in _glob(guest, "/var/lib/rpm/__db.*"):
+    for stale in guest.glob("/var/lib/rpm/__db.*"):
         g.rm_f(stale)
     erase = [rpm, "-e", "--nodeps", "--allmatches"]
     try:
@@ -200,7 +200,7 @@ def _vbox_uninstaller(guest: LinuxGuest) -> str | None:
     for value in shell_values(guest.read(VBOX_CONFIG) or "", "INSTALL_DIR"):
         if value.startswith("/") and posixpath.normpath(value) == value.rstrip("/"):
             candidates.append(f"{value.rstrip('/')}/uninstall.sh")
-    candidates += _glob(guest, "/opt/VBoxGuestAdditions-*/uninstall.sh")
+    candidates += guest.glob("/opt/VBoxGuestAdditions-*/uninstall.sh")
     return next((c for c in candidates if guest.g.is_file(c, followsymlinks=True)), None)
 
 
@@ -240,12 +240,12 @@ def _remove_vmware_tarball(guest: LinuxGuest, still_installed: list[str]) -> Non
 
 
 def _disable_repositories(guest: LinuxGuest) -> None:
-    targets = [(p, disable_ini_repos) for p in _glob(guest, "/etc/yum.repos.d/*.repo")] + [
-        (p, disable_ini_repos) for p in _glob(guest, "/etc/zypp/repos.d/*.repo")
+    targets = [(p, disable_ini_repos) for p in guest.glob("/etc/yum.repos.d/*.repo")] + [
+        (p, disable_ini_repos) for p in guest.glob("/etc/zypp/repos.d/*.repo")
     ]
     targets += [(p, disable_apt_list) for p in ["/etc/apt/sources.list"]]
-    targets += [(p, disable_apt_list) for p in _glob(guest, "/etc/apt/sources.list.d/*.list")]
-    targets += [(p, disable_deb822) for p in _glob(guest, "/etc/apt/sources.list.d/*.sources")]
+    targets += [(p, disable_apt_list) for p in guest.glob("/etc/apt/sources.list.d/*.list")]
+    targets += [(p, disable_deb822) for p in guest.glob("/etc/apt/sources.list.d/*.sources")]
     for path, edit in targets:
         text = guest.read(path)
         if text is None:
@@ -266,7 +266,7 @@ def rewrite_driver_aliases(guest: LinuxGuest, *, virtio: bool, step: str = STEP)
     """
     block = BLOCK_MODULES.get(guest.block_bus if virtio else "sata", "virtio_blk")
     net = "virtio_net" if virtio else "e1000"
-    paths = list(MODPROBE_FILES) + _glob(guest, "/etc/modprobe.d/*")
+    paths = list(MODPROBE_FILES) + guest.glob("/etc/modprobe.d/*")
     first_done = False
     for path in paths:
         text = guest.read(path)
@@ -294,7 +294,7 @@ def _remove_dangling_links(guest: LinuxGuest) -> None:
     systemd only logs those, but a dangling alias hides a unit of the same name, and SysV
     boot prints an error for each S link."""
     g = guest.g
-    for directory in (d for pattern in UNIT_LINK_DIRS for d in _glob(guest, pattern)):
+    for directory in (d for pattern in UNIT_LINK_DIRS for d in guest.glob(pattern)):
         if not g.is_dir(directory):
             continue
         names = g.ls(directory)
@@ -346,15 +346,6 @@ def write_config(
         g.cp_a(original, path)
     guest.write(path, text, step, what)
     g.rm_f(original)
-
-
-def _glob(guest: LinuxGuest, pattern: str) -> list[str]:
-    try:
-        found = guest.g.glob_expand(pattern)
-    except RuntimeError:
-        return []
-    # glob_expand marks directories with a trailing slash.
-    return sorted(p.rstrip("/") or "/" for p in found)
 
 
 # --- pure text edits (unit-tested in tests/unit/test_linux_netnames.py) --------------------
