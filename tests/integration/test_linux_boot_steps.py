@@ -103,7 +103,7 @@ def phony(
         for os_ in inspect_session(session):
             name = by_hostname[os_.hostname]
             g.umount_all()
-            mount_os(g, os_.root, readonly=False)
+            mount_os(g, os_.mountpoints, readonly=False)
             guest = _guest(g, os_, vms[name])
             results[name] = _phony_steps(name, guest)
             g.umount_all()

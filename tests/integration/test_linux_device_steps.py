@@ -93,7 +93,7 @@ def _convert(
     with open_session([probe_image(overlay, check=False)], readonly=False) as session:
         g = session.g
         os_ = _light_inspection(g)
-        mount_os(g, os_.root, readonly=False)
+        mount_os(g, os_.mountpoints, readonly=False)
         prepare(g)
         before = {p: _read(g, p) for p in paths}
         guest = LinuxGuest(g=g, os=os_, vm=vm, family=family_of(os_), block_bus="virtio-blk")

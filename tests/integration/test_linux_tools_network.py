@@ -59,7 +59,7 @@ def _vm(*macs: str) -> SourceVM:
 def _convert(g: object, os: OperatingSystem, vm: SourceVM, reads: list[str]) -> Result:
     import time
 
-    mount_os(g, os.root, readonly=False)
+    mount_os(g, os.mountpoints, readonly=False)
     guest = LinuxGuest(g=g, os=os, vm=vm, family=family_of(os))
     result = Result(guest)
     started = time.monotonic()
@@ -109,7 +109,7 @@ def phony(
             )
         }
         # Things VMware and Xen leave on RHEL-family guests, for the file edits.
-        mount_os(g, oses["rhel"].root, readonly=False)
+        mount_os(g, oses["rhel"].mountpoints, readonly=False)
         repo = "[vmware-tools]\nname=VMware Tools\nenabled=1\n"
         repo += "baseurl=https://packages.vmware.com/tools/esx/7.0/rhel9/x86_64\n"
         g.mkdir_p("/etc/yum.repos.d")
@@ -184,13 +184,13 @@ def real(real_debian: BuiltGuest, tmp_path_factory: pytest.TempPathFactory) -> R
     with open_session([_overlay(real_debian.disks[0], tmp)], readonly=False) as session:
         (os,) = inspect_session(session)
         g = session.g
-        mount_os(g, os.root, readonly=False)
+        mount_os(g, os.mountpoints, readonly=False)
         # A link that an earlier removal left dangling, and a masked unit that must stay.
         g.ln_s("/lib/systemd/system/vmware-tools.service", f"{WANTS}/vmware-tools.service")
         g.ln_s("/dev/null", MASKED)
         g.umount_all()
         result = _convert(g, os, _vm(REAL_MAC), ["/etc/systemd/network/10-vmshift-ens192.link"])
-        mount_os(g, os.root, readonly=False)
+        mount_os(g, os.mountpoints, readonly=False)
         status = g.command(["/bin/sh", "-c", "dpkg -s open-vm-tools 2>&1; exit 0"])
         result.files["dpkg -s"] = status.strip()
         result.files["masked"] = g.readlink(MASKED)

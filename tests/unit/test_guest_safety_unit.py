@@ -105,8 +105,8 @@ class FakeLuksG:
     def lvs(self) -> list[str]:
         return []
 
-    def vfs_type(self, device: str) -> str:
-        return "crypto_LUKS" if device == "/dev/sda2" else "ext4"
+    def blkid(self, device: str) -> dict[str, str]:
+        return {"TYPE": "crypto_LUKS" if device == "/dev/sda2" else "ext4"}
 
     def luks_uuid(self, device: str) -> str:
         return "1234-uuid"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmshift.guest import inspect, linux_facts
+from vmshift.guest.probes import Probes
 
 
 @dataclass
@@ -169,7 +170,7 @@ def test_a_partition_probed_once_tells_its_table_and_its_filesystem() -> None:
         },
         partitions={"/dev/sdb": [esp, esp]},
     )
-    probes: inspect.Probes = {}
+    probes: Probes = {}
     assert inspect.firmware_of(g, ["/dev/sda1"], probes) == "bios"
     inspect._filesystems(g, ["/dev/sda1"], {}, probes)
     assert g.calls == Counter(blkid=1)  # neither the disk nor the partition asked again

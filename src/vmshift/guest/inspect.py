@@ -6,6 +6,7 @@ unmounted again, so a dual-boot guest is reported root by root.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,8 +14,10 @@ from typing import Any
 
 from vmshift.blockio.imageinfo import probe_image
 from vmshift.errors import InspectionError, NoOperatingSystemError
-from vmshift.guest import foreign, linux_facts, windows_facts
+from vmshift.guest import deb_inspection, foreign, linux_facts, windows_facts
+from vmshift.guest.deb_inspection import RootFacts
 from vmshift.guest.luks import AskKey, LuksKey, unlock_volumes
+from vmshift.guest.probes import Probes, blkid_tags, try_call
 from vmshift.guest.session import GuestSession, open_session
 from vmshift.model.inspection import (
     Application,
@@ -30,6 +33,12 @@ from vmshift.model.inspection import (
 log = logging.getLogger(__name__)
 
 ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+# The OperatingSystem fields that are the root's facts as inspection found them.
+IDENTITY = tuple(
+    f.name
+    for f in dataclasses.fields(RootFacts)
+    if f.name not in ("mountpoints", "filesystems", "inspect_os")
+)
 
 
 def inspect_images(
@@ -49,14 +58,40 @@ def inspect_images(
 
 
 def inspect_session(session: GuestSession) -> tuple[OperatingSystem, ...]:
+    """Every OS on the session's disks. A plain Debian-family guest is inspected by
+    deb_inspection (seconds faster under TCG); any other by libguestfs's inspect_os."""
     g = session.g
+    probes = session.probes
+    own = deb_inspection.inspect_deb(g, probes)
+    if own is not None:
+        return (_inspect_root(session, own, probes),)
     try:
         roots = sorted(g.inspect_os())
     except RuntimeError as exc:
         raise InspectionError(f"inspection failed: {exc}") from exc
     if not roots:
         raise _no_os_error(session)
-    return tuple(_inspect_root(session, root) for root in roots)
+    return tuple(_inspect_root(session, _libguestfs_facts(g, root), probes) for root in roots)
+
+
+def _libguestfs_facts(g: Any, root: str) -> RootFacts:
+    """What inspect_os found of one root."""
+    return RootFacts(
+        root=root,
+        type=g.inspect_get_type(root),
+        distro=g.inspect_get_distro(root),
+        product_name=g.inspect_get_product_name(root),
+        product_variant=g.inspect_get_product_variant(root),
+        major_version=g.inspect_get_major_version(root),
+        minor_version=g.inspect_get_minor_version(root),
+        arch=g.inspect_get_arch(root),
+        hostname=g.inspect_get_hostname(root),
+        package_format=g.inspect_get_package_format(root),
+        package_manager=g.inspect_get_package_management(root),
+        osinfo=g.inspect_get_osinfo(root),
+        mountpoints=dict(g.inspect_get_mountpoints(root)),
+        filesystems=tuple(g.inspect_get_filesystems(root)),
+    )
 
 
 def _no_os_error(session: GuestSession) -> NoOperatingSystemError:
@@ -78,9 +113,8 @@ def _no_os_error(session: GuestSession) -> NoOperatingSystemError:
     )
 
 
-def mount_os(g: Any, root: str, *, readonly: bool = True) -> dict[str, str]:
-    """Mount every filesystem of an OS at its mountpoint; return mountpoint -> device."""
-    mountpoints: dict[str, str] = g.inspect_get_mountpoints(root)
+def mount_os(g: Any, mountpoints: dict[str, str], *, readonly: bool = True) -> None:
+    """Mount every filesystem of an OS (mountpoint -> device) at its mountpoint."""
     mount = g.mount_ro if readonly else g.mount
     # Mount parents before children: "/" before "/boot" before "/boot/efi".
     for mp, dev in sorted(mountpoints.items(), key=lambda item: len(item[0])):
@@ -88,7 +122,6 @@ def mount_os(g: Any, root: str, *, readonly: bool = True) -> dict[str, str]:
             mount(dev, mp)
         except RuntimeError as exc:
             log.info("cannot mount %s on %s: %s", dev, mp, exc)
-    return mountpoints
 
 
 def _filesystems(
@@ -100,12 +133,12 @@ def _filesystems(
         kind, label, uuid = _identity(g, dev, probes)
         size = used = None
         mp = mounted_at.get(dev)
-        stat = _try(g.statvfs, mp) if mp else None
+        stat = try_call(g.statvfs, mp) if mp else None
         if stat:
             size = stat["blocks"] * stat["frsize"]
             used = (stat["blocks"] - stat["bfree"]) * stat["frsize"]
         else:
-            size = _try(g.blockdev_getsize64, dev)
+            size = try_call(g.blockdev_getsize64, dev)
         result.append(
             Filesystem(
                 device=dev,
@@ -119,48 +152,32 @@ def _filesystems(
     return tuple(result)
 
 
-# What blkid said of each device, asked once per inspected OS: a filesystem's type, label and
-# UUID, and a partition's table type, in one probe (vfs_type, vfs_label, vfs_uuid and
-# part_get_parttype each run a program in the appliance, 0.15 s and more apiece under TCG).
-Probes = dict[str, dict[str, str]]
-
-
-def _blkid(g: Any, dev: str, probes: Probes) -> dict[str, str]:
-    """blkid's tags for a device; none for what it cannot take (a btrfs subvolume) or tell."""
-    if dev not in probes:
-        tags = _try(g.blkid, dev) if dev.startswith("/dev/") else None
-        probes[dev] = dict(tags or {})
-    return probes[dev]
-
-
 def _identity(g: Any, dev: str, probes: Probes) -> tuple[str | None, str | None, str | None]:
     """A filesystem's type, label and UUID: blkid's, else the three vfs_* calls'."""
-    tags = _blkid(g, dev, probes)
+    tags = blkid_tags(g, dev, probes)
     if tags.get("TYPE"):
         label: str | None = tags.get("LABEL", "")
         if label and "\\" in label:  # its export format escapes spaces and quotes
-            label = _try(g.vfs_label, dev)
+            label = try_call(g.vfs_label, dev)
         return tags["TYPE"], label, tags.get("UUID", "")
-    return _try(g.vfs_type, dev), _try(g.vfs_label, dev), _try(g.vfs_uuid, dev)
+    return try_call(g.vfs_type, dev), try_call(g.vfs_label, dev), try_call(g.vfs_uuid, dev)
 
 
-def _try(func: Any, *args: Any) -> Any:
+def _applications(g: Any, facts: RootFacts) -> tuple[Application, ...]:
+    if not facts.inspect_os:
+        own = deb_inspection.applications(g)
+        if own is None:
+            log.info("cannot list applications: /var/lib/dpkg/status cannot be read")
+        return tuple(sorted(own or (), key=lambda a: a.name.lower()))
     try:
-        return func(*args)
-    except RuntimeError:
-        return None
-
-
-def _applications(g: Any, root: str, os_type: str) -> tuple[Application, ...]:
-    try:
-        raw = g.inspect_list_applications2(root)
+        raw = g.inspect_list_applications2(facts.root)
     except RuntimeError as exc:
         log.info("cannot list applications: %s", exc)
         return ()
     apps = []
     for app in raw:
         name = app["app2_name"]
-        if os_type == "windows" and app.get("app2_display_name"):
+        if facts.type == "windows" and app.get("app2_display_name"):
             name = app["app2_display_name"]
         apps.append(
             Application(
@@ -180,15 +197,15 @@ def firmware_of(g: Any, filesystems: Sequence[str], probes: Probes | None = None
     gpt_disks = set()
     for dev in filesystems:
         # A partition's probe names the table it is in: an MBR one needs no more asking.
-        scheme = _blkid(g, dev, probes).get("PART_ENTRY_SCHEME")
+        scheme = blkid_tags(g, dev, probes).get("PART_ENTRY_SCHEME")
         if scheme == "dos":
             continue
-        whole = _try(g.part_to_dev, dev)
+        whole = try_call(g.part_to_dev, dev)
         if whole and (scheme == "gpt" or _partition_table(g, whole, probes) == "gpt"):
             gpt_disks.add(whole)
     for disk in sorted(gpt_disks):
         for part in g.part_list(disk):
-            guid = _try(g.part_get_gpt_type, disk, part["part_num"])
+            guid = try_call(g.part_get_gpt_type, disk, part["part_num"])
             if isinstance(guid, str) and guid.upper() == ESP_GUID:
                 return "uefi"
     return "bios"
@@ -197,28 +214,26 @@ def firmware_of(g: Any, filesystems: Sequence[str], probes: Probes | None = None
 def _partition_table(g: Any, disk: str, probes: Probes) -> str | None:
     """gpt, msdos...: blkid's answer when it is one of the two, else part_get_parttype's
     (which runs parted: a few times slower)."""
-    table = _blkid(g, disk, probes).get("PTTYPE")
+    table = blkid_tags(g, disk, probes).get("PTTYPE")
     if table in ("gpt", "dos"):
         return "msdos" if table == "dos" else "gpt"
-    result: str | None = _try(g.part_get_parttype, disk)
+    result: str | None = try_call(g.part_get_parttype, disk)
     return result
 
 
-def _inspect_root(session: GuestSession, root: str) -> OperatingSystem:
+def _inspect_root(session: GuestSession, facts: RootFacts, probes: Probes) -> OperatingSystem:
     g = session.g
-    os_type: str = g.inspect_get_type(root)
+    root, os_type = facts.root, facts.type
     log.info("inspecting %s (%s)", root, os_type)
-    mountpoints = mount_os(g, root)
+    mount_os(g, facts.mountpoints)
     try:
-        fs_devices = list(g.inspect_get_filesystems(root))
+        fs_devices = list(facts.filesystems)
         n_filesystems = len(fs_devices)
         # LVM logical volumes do not map back to a partition: look at every PV's disk instead.
         if any(dev.startswith("/dev/mapper/") or dev.count("/") > 2 for dev in fs_devices):
-            fs_devices += list(_try(g.pvs) or [])
-        probes: Probes = {}
+            fs_devices += list(try_call(g.pvs) or [])
         firmware = firmware_of(g, fs_devices, probes)
-        applications = _applications(g, root, os_type)
-        product_name: str = g.inspect_get_product_name(root)
+        applications = _applications(g, facts)
         linux: LinuxDetails | None = None
         windows: WindowsDetails | None = None
         foreign_sw: list[ForeignSoftware] = []
@@ -231,25 +246,14 @@ def _inspect_root(session: GuestSession, root: str) -> OperatingSystem:
             foreign_sw += foreign.linux_from_packages(applications)
             foreign_sw += linux_facts.foreign_files(g, foreign.LINUX_FILES)
         elif os_type == "windows":
-            windows, services = windows_facts.windows_details(g, root, product_name)
+            windows, services = windows_facts.windows_details(g, root, facts.product_name)
             foreign_sw += foreign.windows_from_apps(applications)
             foreign_sw += foreign.windows_from_services(services)
         return OperatingSystem(
-            root=root,
-            type=os_type,
-            distro=g.inspect_get_distro(root),
-            product_name=product_name,
-            product_variant=g.inspect_get_product_variant(root),
-            major_version=g.inspect_get_major_version(root),
-            minor_version=g.inspect_get_minor_version(root),
-            arch=g.inspect_get_arch(root),
-            hostname=g.inspect_get_hostname(root),
-            package_format=g.inspect_get_package_format(root),
-            package_manager=g.inspect_get_package_management(root),
-            osinfo=g.inspect_get_osinfo(root),
+            **{name: getattr(facts, name) for name in IDENTITY},
             firmware=firmware,
-            mountpoints=dict(sorted(mountpoints.items())),
-            filesystems=_filesystems(g, fs_devices[:n_filesystems], mountpoints, probes),
+            mountpoints=dict(sorted(facts.mountpoints.items())),
+            filesystems=_filesystems(g, fs_devices[:n_filesystems], facts.mountpoints, probes),
             applications=applications,
             foreign_software=tuple(foreign_sw),
             linux=linux,

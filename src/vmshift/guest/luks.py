@@ -25,14 +25,15 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from vmshift.errors import UsageError
+from vmshift.guest.probes import blkid_tags, listed, plain_devices
 from vmshift.guest.session import GuestSession
 
 log = logging.getLogger(__name__)
 
 LUKS_TYPE = "crypto_LUKS"
+LVM_PV_TYPE = "LVM2_member"
 ALL = "all"
 # A LUKS volume whose key the user must give: (device, description) -> passphrase, or None
 # when there is no way to ask.
@@ -112,10 +113,18 @@ def unlock_volumes(
     """Open every LUKS volume on the guest's disks; return the decrypted devices."""
     g = session.g
     opened: list[str] = []
-    if _open_each(session, _plain_devices(g), keys, ask, opened):
+    plain = plain_devices(g)
+    if _open_each(session, plain, keys, ask, opened):
         g.lvm_scan(True)  # volume groups inside the opened volumes
-    _open_each(session, _list(g.lvs), keys, ask, opened)
+    # Logical volumes live in PVs: on the plain devices, or inside the volumes just opened.
+    if opened or any(_type(session, dev) == LVM_PV_TYPE for dev in plain):
+        _open_each(session, listed(g.lvs), keys, ask, opened)
     return opened
+
+
+def _type(session: GuestSession, device: str) -> str | None:
+    """blkid's TYPE (crypto_LUKS, LVM2_member, ext4 ...), asked once per session."""
+    return blkid_tags(session.g, device, session.probes).get("TYPE")
 
 
 def _open_each(
@@ -125,13 +134,9 @@ def _open_each(
     ask: AskKey | None,
     opened: list[str],
 ) -> bool:
-    g = session.g
     found = False
     for device in devices:
-        try:
-            if str(g.vfs_type(device)) != LUKS_TYPE:
-                continue
-        except RuntimeError:
+        if _type(session, device) != LUKS_TYPE:
             continue
         found = True
         opened.append(_open(session, device, keys, ask))
@@ -186,17 +191,3 @@ def _where(session: GuestSession, device: str, uuid: str | None) -> str:
     if uuid:
         parts.append(f"UUID {uuid}")
     return f"{device} ({', '.join(parts)})" if parts else device
-
-
-def _plain_devices(g: Any) -> list[str]:
-    """Partitions, and whole disks that have none (a LUKS volume straight on the disk)."""
-    partitions = _list(g.list_partitions)
-    whole = [d for d in _list(g.list_devices) if not any(p.startswith(d) for p in partitions)]
-    return [*partitions, *whole]
-
-
-def _list(func: Any) -> list[str]:
-    try:
-        return list(func())
-    except RuntimeError:
-        return []

@@ -20,6 +20,7 @@ from vmshift.blockio.overlay import CLUSTER_SIZE
 from vmshift.errors import EnvironmentProblem, InspectionError
 from vmshift.guest.accel import detect_accelerator
 from vmshift.guest.appliance import pvh_appliance
+from vmshift.guest.probes import Probes
 from vmshift.model.devnames import scsi_disk_name
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class GuestSession:
         self.g = handle
         self.disks = tuple(disks)
         self.accelerator = accelerator
+        # blkid's answers, device by device, shared by LUKS unlocking and inspection.
+        self.probes: Probes = {}
 
     def close(self) -> None:
         try:

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from vmshift.guest.probes import plain_devices
 from vmshift.guest.session import GuestSession
 from vmshift.model.inspection import OperatingSystem
 
@@ -42,22 +43,12 @@ def trim_filesystems(session: GuestSession, oses: Sequence[OperatingSystem]) -> 
 def _filesystems(g: Any, oses: Sequence[OperatingSystem]) -> dict[str, str]:
     """The inspected OSes' filesystems, plus any other partition's (data disks).
 
-    Not list_filesystems: it probes LVM, md and LDM again, which costs ~10 s under TCG after
-    inspection has just done it. Only a logical volume that no OS mounts goes untrimmed; the
+    Not list_filesystems: it runs parted, sfdisk and the LVM, md and LDM scans again, ~10 s
+    under TCG. Only a logical volume that no OS mounts goes untrimmed; the
     copy of it is then bigger, never wrong.
     """
     found = {fs.device: fs.type for os in oses for fs in os.filesystems}
-    try:
-        partitions: list[str] = g.list_partitions()
-    except RuntimeError:
-        partitions = []
-    try:
-        devices: list[str] = g.list_devices()
-    except RuntimeError:
-        devices = []
-    # A disk without a partition table may hold a filesystem itself.
-    whole = [d for d in devices if not any(p.startswith(d) for p in partitions)]
-    for dev in [*partitions, *whole]:
+    for dev in plain_devices(g):
         if dev in found:
             continue
         try:

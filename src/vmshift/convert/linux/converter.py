@@ -35,7 +35,7 @@ class LinuxConverter:
         with timer.step("fs_check"):
             safety.check_filesystems(session, os)
             g.umount_all()
-            mount_os(g, os.root, readonly=False)
+            mount_os(g, os.mountpoints, readonly=False)
         try:
             with timer.step("space_check"):
                 safety.check_guest_free_space(g, os)

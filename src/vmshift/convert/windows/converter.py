@@ -28,7 +28,7 @@ class WindowsConverter:
             safety.check_filesystems(session, os)
             g = session.g
             g.umount_all()
-            mount_os(g, os.root, readonly=False)
+            mount_os(g, os.mountpoints, readonly=False)
         guest: WindowsGuest | None = None
         try:
             with timer.step("space_check"):

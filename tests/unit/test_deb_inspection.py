@@ -1,0 +1,296 @@
+"""deb_inspection's reading of release files, fstab and dpkg status the way libguestfs 1.48
+reads them, and its refusals: every layout it does not cover goes to inspect_os, with the
+reason. (tests/integration/test_inspect_fastpath.py compares it with inspect_os on real
+appliances.)"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Any
+
+import pytest
+
+from tests.unit.fake_guestfs import FakeG
+from vmshift.formats import release_files as rf
+from vmshift.formats.release_files import Release, Unsure
+from vmshift.guest import deb_inspection
+from vmshift.guest.probes import Probes
+
+ELF_X86_64 = b"\x7fELF\x02\x01\x01" + bytes(11) + struct.pack("<H", 62) + bytes(44)
+DEBIAN_ROOT = {
+    "/etc/os-release": 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nVERSION_ID="12"\nID=debian\n',
+    "/etc/debian_version": "12.7\n",
+    "/etc/hostname": "web01\n",
+    "/etc/fstab": "# <file system> <mount point>\n"
+    "UUID=1111 / ext4 errors=remount-ro 0 1\n"
+    "UUID=2222 none swap sw 0 0\n"
+    "proc /proc proc defaults 0 0\n"
+    "/dev/sr0 /media/cdrom0 udf,iso9660 user,noauto 0 0\n",
+    "/etc/hosts": "127.0.0.1 localhost\n",
+    "/bin/bash": ELF_X86_64.decode("latin-1"),
+    "/var/lib/dpkg/status": "",
+}
+
+
+FEDORA = 'ID=fedora\nPRETTY_NAME="Fedora Linux 39"\nVERSION_ID=39\n'
+
+
+class FakeFs(FakeG):
+    """A filesystem whose listing of a directory names its subdirectories too."""
+
+    def ls(self, path: str) -> list[str]:
+        subdirs = [
+            d.rsplit("/", 1)[1] for d in self.dirs if d.rsplit("/", 1)[0] == path.rstrip("/")
+        ]
+        return sorted({*super().ls(path), *subdirs})
+
+
+class FakeDisks:
+    """Block devices with blkid tags, each filesystem a FakeG that mount_ro puts at /."""
+
+    def __init__(self, devices: dict[str, tuple[dict[str, str], FakeG | None]]) -> None:
+        self.devices = devices
+        self.mounted: FakeG | None = None
+        self.lv_names = [d for d in devices if d.count("/") == 3]
+
+    def list_devices(self) -> list[str]:
+        return sorted({d[:8] for d in self.devices if d.startswith("/dev/sd")})
+
+    def list_partitions(self) -> list[str]:
+        return sorted(d for d in self.devices if d.startswith("/dev/sd") and len(d) > 8)
+
+    def lvs(self) -> list[str]:
+        return self.lv_names
+
+    def blkid(self, dev: str) -> dict[str, str]:
+        return self.devices[dev][0]
+
+    def mount_ro(self, dev: str, mp: str) -> None:
+        fs = self.devices[dev][1]
+        if fs is None:
+            raise RuntimeError("cannot mount")
+        self.mounted = fs
+
+    def umount_all(self) -> None:
+        self.mounted = None
+
+    def __getattr__(self, name: str) -> Any:
+        assert self.mounted is not None, f"{name} with nothing mounted"
+        return getattr(self.mounted, name)
+
+
+def root_fs(**changes: str | None) -> FakeG:
+    files = {p: t for p, t in {**DEBIAN_ROOT, **changes}.items() if t is not None}
+    return FakeFs(files)  # the ELF header is ASCII: its text encodes to the same bytes
+
+
+def inspect(devices: dict[str, tuple[dict[str, str], FakeG | None]]) -> Any:
+    probes: Probes = {}
+    return deb_inspection.inspect_deb(FakeDisks(devices), probes)
+
+
+def declined(devices: dict[str, tuple[dict[str, str], FakeG | None]], caplog: Any) -> str:
+    caplog.set_level(logging.INFO, logger="vmshift.guest.deb_inspection")
+    assert inspect(devices) is None
+    return str(caplog.text)
+
+
+SWAP = ({"TYPE": "swap", "UUID": "2222"}, None)
+
+
+def test_a_plain_debian_root() -> None:
+    facts = inspect({"/dev/sda1": ({"TYPE": "ext4", "UUID": "1111"}, root_fs()), "/dev/sda2": SWAP})
+    assert (facts.root, facts.distro, facts.product_name) == ("/dev/sda1", "debian", "12.7")
+    assert (facts.major_version, facts.minor_version, facts.osinfo) == (12, 7, "debian12")
+    assert (facts.arch, facts.hostname, facts.package_manager) == ("x86_64", "web01", "apt")
+    # The swap entry's device is one of the OS's filesystems, but no mountpoint.
+    assert facts.mountpoints == {"/": "/dev/sda1"}
+    assert facts.filesystems == ("/dev/sda1", "/dev/sda2")
+    assert not facts.inspect_os
+
+
+def test_ubuntu_is_settled_by_os_release() -> None:
+    ubuntu = root_fs(
+        **{
+            "/etc/os-release": 'ID=ubuntu\nPRETTY_NAME="Ubuntu 22.04.3 LTS"\nVERSION_ID="22.04"\n',
+            "/etc/lsb-release": "DISTRIB_ID=Ubuntu\n",
+            "/etc/debian_version": "bookworm/sid\n",
+        }
+    )
+    facts = inspect({"/dev/sda1": ({"TYPE": "ext4", "UUID": "1111"}, ubuntu)})
+    assert (facts.product_name, facts.osinfo) == ("Ubuntu 22.04.3 LTS", "ubuntu22.04")
+
+
+def test_lvm_names_in_fstab_become_libguestfs_lv_names() -> None:
+    fstab = (
+        "/dev/mapper/vg--0-root / ext4 defaults 0 1\n/dev/mapper/vg--0-swap_1 none swap sw 0 0\n"
+    )
+    facts = inspect(
+        {
+            "/dev/sda1": ({"TYPE": "LVM2_member"}, None),
+            "/dev/vg-0/root": ({"TYPE": "xfs", "UUID": "1111"}, root_fs(**{"/etc/fstab": fstab})),
+            "/dev/vg-0/swap_1": SWAP,
+        }
+    )
+    assert facts.root == "/dev/vg-0/root"
+    assert facts.filesystems == ("/dev/vg-0/root", "/dev/vg-0/swap_1")
+
+
+@pytest.mark.parametrize(
+    ("devices", "reason"),
+    [
+        ({"/dev/sda1": ({"TYPE": "ntfs"}, None)}, "/dev/sda1 holds ntfs"),
+        ({"/dev/sda1": ({"TYPE": "crypto_LUKS"}, None)}, "/dev/sda1 holds crypto_LUKS"),
+        ({"/dev/sda1": ({"TYPE": "btrfs"}, None)}, "/dev/sda1 holds btrfs"),
+        (
+            {
+                "/dev/sda1": ({"TYPE": "ext4", "UUID": "1111"}, root_fs()),
+                "/dev/sdb1": ({"TYPE": "ext4", "UUID": "3333"}, root_fs()),
+            },
+            "two Linux roots, /dev/sda1 and /dev/sdb1",
+        ),
+        (
+            {
+                "/dev/sda1": ({"TYPE": "ext4", "UUID": "1111"}, root_fs()),
+                "/dev/sdb1": ({"TYPE": "ext4"}, FakeG({"/bin/ls": "", "/share/x": ""})),
+            },
+            "/dev/sdb1 looks like part of an OS",
+        ),
+        (
+            {
+                "/dev/sda1": ({"TYPE": "ext4", "UUID": "1111"}, root_fs()),
+                "/dev/sda2": ({"TYPE": "vfat"}, FakeFs({"/WINDOWS/System32/x.dll": ""})),
+            },
+            "/dev/sda2 looks like a Windows or DOS system volume",
+        ),
+        (
+            {"/dev/sda1": ({"TYPE": "ext4"}, root_fs(**{"/etc/lsb-release": "X=1\n"}))},
+            "/etc/lsb-release would be read",
+        ),
+        (
+            {"/dev/sda1": ({"TYPE": "ext4"}, root_fs(**{"/etc/os-release": FEDORA}))},
+            "/dev/sda1: distro fedora",
+        ),
+        (
+            {"/dev/sda1": ({"TYPE": "ext4"}, root_fs(**{"/etc/fstab": "PARTUUID=9 / ext4 0 1\n"}))},
+            "fstab names PARTUUID=9",
+        ),
+        (
+            {
+                "/dev/sda1": (
+                    {"TYPE": "ext4"},
+                    root_fs(**{"/etc/fstab": "/dev/sdc1 / ext4 d 0 1\n"}),
+                )
+            },
+            "/dev/sdc1 names no partition of the guest's disks",
+        ),
+        (
+            {"/dev/sda1": ({"TYPE": "ext4"}, root_fs(**{"/etc/fstab": "/dev/md0 / ext4 d 0 1\n"}))},
+            "fstab names /dev/md0",
+        ),
+        (
+            {
+                "/dev/sda1": (
+                    {"TYPE": "ext4"},
+                    root_fs(
+                        **{
+                            "/etc/fstab": "/dev/mapper/root / ext4 d 0 1\n",
+                            "/etc/crypttab": "root UUID=5 none luks\n",
+                        }
+                    ),
+                )
+            },
+            "/dev/mapper/root may be in crypttab",
+        ),
+        (
+            {"/dev/sda1": ({"TYPE": "ext4"}, root_fs(**{"/etc/fstab": "a b c # d\n"}))},
+            "fstab line",
+        ),
+        (
+            {"/dev/sda1": ({"TYPE": "ext4"}, root_fs(**{"/etc/mdadm/mdadm.conf": "A\n"}))},
+            "/etc/mdadm/mdadm.conf would be read",
+        ),
+        ({"/dev/sda1": ({"TYPE": "ext4"}, FakeG({"/data/x": ""}))}, "no Linux root found"),
+    ],
+)
+def test_what_it_leaves_to_inspect_os(devices: Any, reason: str, caplog: Any) -> None:
+    assert reason in declined(devices, caplog)
+
+
+def test_a_uuid_two_devices_share_is_left_to_inspect_os(caplog: Any) -> None:
+    devices: dict[str, tuple[dict[str, str], FakeG | None]] = {
+        "/dev/sda1": ({"TYPE": "ext4", "UUID": "1111"}, root_fs()),
+        "/dev/sdb1": ({"TYPE": "ext4", "UUID": "1111"}, FakeG({"/data/x": ""})),
+    }
+    assert "UUID=1111 matches /dev/sda1, /dev/sdb1" in declined(devices, caplog)
+
+
+def test_os_release_rules() -> None:
+    debian = Release()
+    assert not debian.read_os_release(rf.lines(b'ID=debian\nPRETTY_NAME="D 12"\nVERSION_ID="12"'))
+    assert debian.read_generic("debian", "12.7") and debian.version == (12, 7)
+    testing = Release()
+    assert not testing.read_os_release(["ID=debian", "PRETTY_NAME=sid"])
+    assert testing.read_generic("debian", "trixie/sid") and testing.version is None
+    # Keys are everything before the first '=', unstripped; comments and blanks skipped.
+    assert list(rf.key_values(["# c", "", "ID =x", "A=b=c", "B='q'"])) == [
+        ("ID ", "x"),
+        ("A", "b=c"),
+        ("B", "q"),
+    ]
+    with pytest.raises(Unsure):
+        list(rf.key_values(['NAME="a\\"b"']))
+
+
+def test_fstab_entries() -> None:
+    text = (
+        "  # comment\n\n"
+        "/dev/sda1 ///usr//local// ext4 defaults 0 2\n"
+        "/dev/fd0 /mnt/floppy auto noauto 0 0\n"
+        "/dev/cdrom /mnt/cd auto noauto 0 0\n"
+        "tmpfs /tmp tmpfs defaults\n"
+        "sysfs /sys sysfs defaults 0 0\n"
+        "/dev/sdb1 /media/usb vfat defaults 0 0\n"
+        "UUID=5 none swap\n"
+    )
+    assert [(e.spec, e.mountpoint) for e in rf.fstab_entries(text)] == [
+        ("/dev/sda1", "/usr/local"),
+        ("tmpfs", "/tmp"),
+        ("UUID=5", "none"),
+    ]
+    for bad in ("/dev/sda1 /", "a b c d x 0", "a\\040b / ext4 d 0 0"):
+        with pytest.raises(Unsure):
+            rf.fstab_entries(bad + "\n")
+
+
+def test_dpkg_status_as_libguestfs_reads_it() -> None:
+    status = (
+        b"Package: a\nStatus: install ok installed\nVersion: 1:2.3-4-5\n\n"
+        b"Package: gone\nStatus: deinstall ok config-files\nVersion: 1\n\n"
+        b"Package: never\nStatus: install ok not-installed\nVersion: 7\n\n"
+        b"Package: badepoch\nStatus: install ok installed\nVersion: x:1\n\n"
+        b"Package: long\nStatus: install ok installed\nVersion: 9\nDepends: "
+        + b"x"
+        * 1014
+        + b"\nArchitecture: all\n\n"
+        b"Package: last\nStatus: install ok installed\nVersion: 3\n"
+    )
+    found = {p.name: p for p in rf.dpkg_packages(status)}
+    assert found["a"] == rf.DebPackage("a", 1, "2.3", "4-5")
+    # "not-installed" contains "installed"; a stanza without its blank line is not ended.
+    assert sorted(found) == ["a", "long", "never"]
+    # A 1023-byte line is cut by fgets and its newline read as a blank line: the stanza ends.
+    cut = b"Package: p\nStatus: installed\nVersion: 1\nX: " + b"y" * 1020 + b"\nPackage: q\n\n"
+    assert [p.name for p in rf.dpkg_packages(cut)] == ["p"]
+
+
+def test_small_helpers() -> None:
+    assert rf.elf_arch(ELF_X86_64) == "x86_64"
+    assert rf.elf_arch(b"#!/bin/sh\n" + bytes(20)) is None
+    assert rf.osinfo("debian", 11, 9) == "debian11"
+    assert rf.osinfo("ubuntu", 20, 4) == "ubuntu20.04"
+    assert rf.osinfo("debian", 0, 0) == "unknown"
+    assert [rf.drive_index(x) for x in ("a", "z", "aa")] == [0, 25, 26]
+    assert rf.canonical_path("none") == "none"
+    assert rf.canonical_path("/") == "/"
