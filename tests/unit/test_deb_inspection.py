@@ -148,7 +148,7 @@ def test_lvm_names_in_fstab_become_libguestfs_lv_names() -> None:
                 "/dev/sda1": ({"TYPE": "ext4", "UUID": "1111"}, root_fs()),
                 "/dev/sdb1": ({"TYPE": "ext4", "UUID": "3333"}, root_fs()),
             },
-            "two Linux roots, /dev/sda1 and /dev/sdb1",
+            "two Linux roots, /dev/sdb1 and /dev/sda1",
         ),
         (
             {
@@ -294,3 +294,24 @@ def test_small_helpers() -> None:
     assert [rf.drive_index(x) for x in ("a", "z", "aa")] == [0, 25, 26]
     assert rf.canonical_path("none") == "none"
     assert rf.canonical_path("/") == "/"
+
+
+def test_the_session_handle_lists_devices_once() -> None:
+    from vmshift.guest.session import ListingsOnce
+
+    class Counting:
+        calls = 0
+
+        def list_partitions(self) -> list[str]:
+            self.calls += 1
+            return ["/dev/sda1"]
+
+        def blkid(self, dev: str) -> dict[str, str]:
+            return {"TYPE": "ext4"}
+
+    handle = Counting()
+    g = ListingsOnce(handle)
+    first = g.list_partitions()
+    first.append("changed by a caller")
+    assert g.list_partitions() == ["/dev/sda1"] and handle.calls == 1
+    assert g.blkid("/dev/sda1") == {"TYPE": "ext4"}

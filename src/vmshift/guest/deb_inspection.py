@@ -43,7 +43,7 @@ from vmshift.formats.release_files import (
     shell_unquote,
 )
 from vmshift.guest.linux_facts import read_guest_file
-from vmshift.guest.probes import Probes, blkid_tags, listed, try_call
+from vmshift.guest.probes import Probes, blkid_tags, listed, plain_devices, try_call
 from vmshift.model.inspection import Application
 
 log = logging.getLogger(__name__)
@@ -102,30 +102,31 @@ def inspect_deb(g: Any, probes: Probes) -> RootFacts | None:
     """The guest's one root when it is a Debian-family layout this module covers, else None
     (libguestfs's inspect_os must answer). Leaves nothing mounted."""
     try:
-        return _inspect(g, probes)
+        return _inspect(g, probes)  # each filesystem is unmounted once looked at
     except Unsure as exc:
         log.info("inspection: %s: asking libguestfs's inspect_os", exc)
         return None
-    finally:
-        g.umount_all()
 
 
 def _inspect(g: Any, probes: Probes) -> RootFacts:
     disks = listed(g.list_devices)
     partitions = listed(g.list_partitions)
-    volumes = [*partitions, *(d for d in disks if not any(p.startswith(d) for p in partitions))]
-    lvs: list[str] = []
-    if any(blkid_tags(g, dev, probes).get("TYPE") == "LVM2_member" for dev in volumes):
-        lvs = listed(g.lvs)
-        volumes += lvs
+    # What the appliance holds, told by blkid before anything is mounted: a guest this module
+    # does not cover (Windows' NTFS, md, LUKS, btrfs) is declined at its first such device.
+    found: list[tuple[str, str]] = []
+    lvm = False
+    for dev in plain_devices(g):
+        kind = _kind(g, dev, probes)
+        lvm = lvm or kind == "LVM2_member"
+        if kind in FILESYSTEMS:
+            found.append((dev, kind))
+    lvs = listed(g.lvs) if lvm else []
+    found += [(lv, kind) for lv in lvs if (kind := _kind(g, lv, probes)) in FILESYSTEMS]
     devices = _Devices(disks, set(partitions), lvs)
     roots: list[RootFacts] = []
-    for dev in volumes:
-        kind = blkid_tags(g, dev, probes).get("TYPE")
-        if not kind or kind == "LVM2_member":
-            continue
-        if kind not in FILESYSTEMS:
-            raise Unsure(f"{dev} holds {kind}")
+    # Logical volumes, then partitions from the last: the root is usually there, and /boot or
+    # an ESP first, so another distro is declined after mounting only its root.
+    for dev, kind in reversed(found):
         if kind == "swap":
             continue
         try:
@@ -142,6 +143,15 @@ def _inspect(g: Any, probes: Probes) -> RootFacts:
     if not roots:
         raise Unsure("no Linux root found")
     return roots[0]
+
+
+def _kind(g: Any, dev: str, probes: Probes) -> str:
+    """blkid's TYPE: a filesystem this module reads, LVM2_member, or "" for nothing it can
+    hold; Unsure for anything else."""
+    kind = blkid_tags(g, dev, probes).get("TYPE", "")
+    if kind and kind != "LVM2_member" and kind not in FILESYSTEMS:
+        raise Unsure(f"{dev} holds {kind}")
+    return kind
 
 
 def _is_linux_root(g: Any, dev: str) -> bool:

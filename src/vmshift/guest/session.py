@@ -48,6 +48,34 @@ def _import_guestfs() -> Any:
     return guestfs
 
 
+class ListingsOnce:
+    """A launched libguestfs handle whose two device listings are asked once.
+
+    list_devices and list_partitions each wait for udev in the appliance (0.2 s apiece under
+    TCG), and LUKS unlocking, inspection, conversion and fstrim each ask them again. Nothing
+    vmshift does in a session adds a disk or changes a partition table (opened LUKS volumes
+    and logical volumes are in neither list), so the first answers stand. Everything else
+    goes to the handle."""
+
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+        self._lists: dict[str, list[str]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+    def _once(self, name: str) -> list[str]:
+        if name not in self._lists:
+            self._lists[name] = [str(d) for d in getattr(self._handle, name)()]
+        return list(self._lists[name])
+
+    def list_devices(self) -> list[str]:
+        return self._once("list_devices")
+
+    def list_partitions(self) -> list[str]:
+        return self._once("list_partitions")
+
+
 class GuestSession:
     """One launched libguestfs appliance with a guest's disks attached."""
 
@@ -177,6 +205,7 @@ def open_session(
         except BaseException:
             g.close()
             raise
+    g = ListingsOnce(g)
     try:
         # Device names in the appliance follow the order drives were added, but ask to be sure.
         devices = list(g.list_devices())
