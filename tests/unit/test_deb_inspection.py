@@ -315,3 +315,14 @@ def test_the_session_handle_lists_devices_once() -> None:
     first.append("changed by a caller")
     assert g.list_partitions() == ["/dev/sda1"] and handle.calls == 1
     assert g.blkid("/dev/sda1") == {"TYPE": "ext4"}
+
+
+def test_a_failing_appliance_call_is_left_to_inspect_os(caplog: Any) -> None:
+    class Failing(FakeFs):
+        def is_dir(self, path: str, followsymlinks: bool = False) -> bool:
+            raise RuntimeError("is_dir: appliance closed the connection")
+
+    devices: dict[str, tuple[dict[str, str], FakeG | None]] = {
+        "/dev/sda1": ({"TYPE": "ext4"}, Failing(DEBIAN_ROOT))
+    }
+    assert "appliance closed the connection: asking" in declined(devices, caplog)

@@ -103,7 +103,7 @@ def inspect_deb(g: Any, probes: Probes) -> RootFacts | None:
     (libguestfs's inspect_os must answer). Leaves nothing mounted."""
     try:
         return _inspect(g, probes)  # each filesystem is unmounted once looked at
-    except Unsure as exc:
+    except (Unsure, RuntimeError) as exc:  # RuntimeError: an appliance call failed
         log.info("inspection: %s: asking libguestfs's inspect_os", exc)
         return None
 
