@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
-from vmshift.guest.probes import plain_devices
+from vmshift.guest.probes import blkid_tags, plain_devices
 from vmshift.guest.session import GuestSession
 from vmshift.model.inspection import OperatingSystem
 
@@ -22,7 +21,7 @@ TRIMMABLE = {"ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "ntfs", "f2fs"}
 def trim_filesystems(session: GuestSession, oses: Sequence[OperatingSystem]) -> None:
     g = session.g
     g.umount_all()
-    for device, fstype in sorted(_filesystems(g, oses).items()):
+    for device, fstype in sorted(_filesystems(session, oses).items()):
         if fstype not in TRIMMABLE:
             continue
         try:
@@ -40,7 +39,7 @@ def trim_filesystems(session: GuestSession, oses: Sequence[OperatingSystem]) -> 
             g.umount_all()
 
 
-def _filesystems(g: Any, oses: Sequence[OperatingSystem]) -> dict[str, str]:
+def _filesystems(session: GuestSession, oses: Sequence[OperatingSystem]) -> dict[str, str]:
     """The inspected OSes' filesystems, plus any other partition's (data disks).
 
     Not list_filesystems: it runs parted, sfdisk and the LVM, md and LDM scans again, ~10 s
@@ -48,11 +47,9 @@ def _filesystems(g: Any, oses: Sequence[OperatingSystem]) -> dict[str, str]:
     copy of it is then bigger, never wrong.
     """
     found = {fs.device: fs.type for os in oses for fs in os.filesystems}
-    for dev in plain_devices(g):
-        if dev in found:
-            continue
-        try:
-            found[dev] = str(g.vfs_type(dev))
-        except RuntimeError:
-            continue  # no filesystem here (an LVM PV, a BIOS boot partition ...)
+    for dev in plain_devices(session.g):
+        # blkid's answer from inspection's probes: nothing new is run for most devices.
+        kind = blkid_tags(session.g, dev, session.probes).get("TYPE")
+        if dev not in found and kind:  # none: an LVM PV's table, a BIOS boot partition ...
+            found[dev] = kind
     return found
