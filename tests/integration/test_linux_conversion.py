@@ -35,9 +35,20 @@ def _convert(vmx: Path, outdir: Path, *output: str) -> tuple[list[str], dict[str
          "--report", report, "--verify-boot"],
         timeout=2400,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:] + _consoles(outdir)
     doc: dict[str, object] = json.loads(report.read_text())
     return proc.stdout.strip().splitlines()[-2:], doc
+
+
+def _consoles(outdir: Path) -> str:
+    """The tail of each console a failed boot check saved next to its output: the output
+    directory goes with the test's, and a boot that fails only under the suite's load cannot
+    be looked at afterwards."""
+    return "".join(
+        f"\n--- {log.name}, last lines:\n"
+        + "\n".join(log.read_text(errors="replace").splitlines()[-60:])
+        for log in sorted(outdir.rglob("*.verify-console.log"))
+    )
 
 
 # (conversion verdict, boot check verdict), --report document, output directory, source
