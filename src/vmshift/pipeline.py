@@ -322,7 +322,9 @@ def _convert_and_copy(
     sink(StageEvent("appliance", "starting the libguestfs appliance"))
     # A remote source's blocks are fetched over the network: what the appliance reads is kept
     # in the overlay (copy-on-read), so neither it nor the copy fetches a block twice.
-    with open_session(images, readonly=False, labels=labels, copy_on_read=remote) as session:
+    with open_session(
+        images, readonly=False, labels=labels, copy_on_read=remote, scratch=workdir
+    ) as session:
         unlock_volumes(session, opts.keys, opts.ask_key)
         sink(StageEvent("inspect", "inspecting the guest"))
         try:

@@ -28,9 +28,11 @@ class IoG(FakeG):
         for path, data in files.items():
             self.write(path, data)
         self.calls: list[tuple[str, str]] = []
+        self.host_files: list[Path] = []  # the host side of each transfer
 
     def download(self, path: str, local: str) -> None:
         self.calls.append(("download", path))
+        self.host_files.append(Path(local))
         Path(local).write_bytes(self._data(path))
 
     def upload(self, local: str, path: str) -> None:
@@ -41,6 +43,7 @@ class IoG(FakeG):
 
     def tar_in(self, archive: str, directory: str) -> None:
         self.calls.append(("tar_in", directory))
+        self.host_files.append(Path(archive))
         with tarfile.open(archive) as tar:
             for member in tar.getmembers():
                 assert member.isfile(), member.name
@@ -175,3 +178,22 @@ def test_a_failed_archive_is_a_conversion_error(tmp_path: Path) -> None:
     g = NoTar({"/W/D/keep": b""})
     with pytest.raises(ConversionError, match="/W/D"):
         put_files(g, [Placement("/W/D", "a.sys", f)])
+
+
+def test_host_copies_are_made_in_the_run_s_work_directory(hive_g: IoG, tmp_path: Path) -> None:
+    """The hive copies and the archive of new files go under the session's scratch directory
+    (the run's work directory), where a sweep of dead runs finds them, not in $TMPDIR."""
+    work = tmp_path / "work"
+    work.mkdir()
+    cache = HiveCache(hive_g, {"SYSTEM": SYSTEM, "SOFTWARE": SOFTWARE}.__getitem__, work)
+    with cache.edit("SYSTEM") as e:
+        e.set_value(r"ControlSet001\Services\a", "Start", 3)
+    cache.save()
+    driver = tmp_path / "viostor.sys"
+    driver.write_bytes(b"driver")
+    hive_g.mkdir_p("/W/D")
+    put_files(hive_g, [Placement("/W/D", "viostor.sys", driver)], work)
+    assert [c for c, _ in hive_g.calls if c != "ls"] == ["download", "upload", "tar_in"]
+    assert all(p.is_relative_to(work) and p.parent != work for p in hive_g.host_files)
+    cache.close()
+    assert not list(work.iterdir())

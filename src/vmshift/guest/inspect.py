@@ -248,7 +248,9 @@ def _inspect_root(session: GuestSession, facts: RootFacts, probes: Probes) -> Op
             foreign_sw += foreign.linux_from_packages(applications)
             foreign_sw += linux_facts.foreign_files(g, foreign.LINUX_FILES)
         elif os_type == "windows":
-            windows, services = windows_facts.windows_details(g, root, facts.product_name)
+            windows, services = windows_facts.windows_details(
+                g, root, facts.product_name, session.scratch
+            )
             foreign_sw += foreign.windows_from_apps(applications)
             foreign_sw += foreign.windows_from_services(services)
         return OperatingSystem(

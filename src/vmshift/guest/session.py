@@ -79,10 +79,19 @@ class ListingsOnce:
 class GuestSession:
     """One launched libguestfs appliance with a guest's disks attached."""
 
-    def __init__(self, handle: Any, disks: Sequence[AttachedDisk], accelerator: str) -> None:
+    def __init__(
+        self,
+        handle: Any,
+        disks: Sequence[AttachedDisk],
+        accelerator: str,
+        scratch: Path | None = None,
+    ) -> None:
         self.g = handle
         self.disks = tuple(disks)
         self.accelerator = accelerator
+        # Where host-side temporary files of inspection and conversion go (hive copies,
+        # archives for the guest): the run's work directory, or None for $TMPDIR.
+        self.scratch = scratch
         # blkid's answers, device by device, shared by LUKS unlocking and inspection.
         self.probes: Probes = {}
 
@@ -172,12 +181,16 @@ def open_session(
     readonly: bool = True,
     labels: Sequence[str] | None = None,
     copy_on_read: bool = False,
+    scratch: Path | None = None,
 ) -> Iterator[GuestSession]:
     """Attach images (already checked by probe_image) and launch the appliance.
 
     labels name the disks in messages (an overlay is reported as the source it stands for).
     copy_on_read (writable overlays only): every cluster read from an overlay's backing file
     is written into the overlay, so it is read from the backing file once.
+    scratch: the run's work directory, for libguestfs's own temporary directory and the
+    session's host-side temporary files, so that a run killed outright leaves them where the
+    next run's sweep of dead work directories finds them (None: $TMPDIR).
     """
     names = list(labels) if labels is not None else [str(i.path) for i in images]
     guestfs = _import_guestfs()
@@ -186,6 +199,8 @@ def open_session(
     while True:
         g = guestfs.GuestFS(python_return_dict=True)
         appliance = _configure(g, accel.is_kvm, readonly, fast)
+        if scratch is not None:
+            g.set_tmpdir(str(scratch))
         log.info("launching the libguestfs appliance (%s)", accel.name.upper())
         try:
             attached = _add_drives(g, images, names, readonly, copy_on_read)
@@ -213,7 +228,7 @@ def open_session(
             AttachedDisk(d.image, d.readonly, devices[i], d.label) if i < len(devices) else d
             for i, d in enumerate(attached)
         ]
-        session = GuestSession(g, attached, accel.name)
+        session = GuestSession(g, attached, accel.name, scratch)
     except BaseException:
         g.close()
         raise

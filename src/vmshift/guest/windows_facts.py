@@ -107,12 +107,13 @@ def is_hibernated(g: Any) -> bool:
 
 
 def windows_details(
-    g: Any, root: str, product_name: str
+    g: Any, root: str, product_name: str, scratch: Path | None = None
 ) -> tuple[WindowsDetails | None, list[str]]:
-    """Windows facts for root (mounted at /) and the names of all services, for foreign tools."""
+    """Windows facts for root (mounted at /) and the names of all services, for foreign tools.
+    The hives are read from copies in a temporary directory under scratch ($TMPDIR if None)."""
     systemroot: str = g.inspect_get_windows_systemroot(root)
     ccs: str = g.inspect_get_windows_current_control_set(root)
-    with tempfile.TemporaryDirectory(prefix="vmshift-hives-") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix="vmshift-hives-", dir=scratch) as tmpdir:
         tmp = Path(tmpdir)
         system = _download_hive(g, g.inspect_get_windows_system_hive(root), tmp)
         software = _download_hive(g, g.inspect_get_windows_software_hive(root), tmp)

@@ -6,6 +6,7 @@ import logging
 import posixpath
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vmshift.convert.base import ConvertOptions
@@ -39,13 +40,15 @@ class WindowsGuest:
     boot_driver: str | None = None
     # (name, .bat or .ps1 text) run once at first boot, in this order.
     firstboot_scripts: list[tuple[str, str]] = field(default_factory=list)
+    # Where host-side temporary files go: the run's work directory (None: $TMPDIR).
+    scratch: Path | None = None
     hives: HiveCache = field(init=False, repr=False)
     # Directories found or made, by lower-case path: their real path.
     _dirs: dict[str, str] = field(default_factory=dict, repr=False)
     _hive_paths: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.hives = HiveCache(self.g, self.hive_path)
+        self.hives = HiveCache(self.g, self.hive_path, self.scratch)
         self._dirs[self.systemroot.lower()] = self.systemroot
 
     def note(self, step: str, what: str, path: str | None = None) -> None:
@@ -123,8 +126,11 @@ class WindowsGuest:
         return current
 
 
-def make_guest(g: Any, os: OperatingSystem, vm: SourceVM, opts: ConvertOptions) -> WindowsGuest:
-    """The WindowsGuest for an inspected OS whose system volume is mounted at /."""
+def make_guest(
+    g: Any, os: OperatingSystem, vm: SourceVM, opts: ConvertOptions, scratch: Path | None = None
+) -> WindowsGuest:
+    """The WindowsGuest for an inspected OS whose system volume is mounted at /; its host-side
+    temporary files under scratch ($TMPDIR if None)."""
     if os.windows is None:
         raise ConversionError(
             f"{os.product_name}: the Windows registry could not be read",
@@ -140,6 +146,7 @@ def make_guest(g: Any, os: OperatingSystem, vm: SourceVM, opts: ConvertOptions) 
         opts=opts,
         systemroot=systemroot,
         ccs=os.windows.current_control_set,
+        scratch=scratch,
     )
 
 

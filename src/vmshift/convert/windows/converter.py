@@ -34,7 +34,7 @@ class WindowsConverter:
             with timer.step("space_check"):
                 safety.check_guest_free_space(g, os)
             with timer.step("guest"):
-                guest = make_guest(g, os, vm, opts)
+                guest = make_guest(g, os, vm, opts, session.scratch)
             # Refusals first: a guest that must not be converted is left untouched.
             with timer.step("checks"):
                 checks.refuse_or_warn(guest)

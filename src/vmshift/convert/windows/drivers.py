@@ -62,7 +62,7 @@ def install(guest: WindowsGuest) -> None:
         return
     arch = arch_dir(os_.arch)
     releases = candidates(os_.major_version, os_.minor_version, build, kind)
-    with open_tree(path) as tree:
+    with open_tree(path, guest.scratch) as tree:
         chosen = without_conflicts(tree.index.select(releases, arch) if arch else [])
         if not chosen:
             guest.warn(f"no VirtIO drivers for {what} in {path}")
@@ -104,7 +104,7 @@ def _copy_in(
     if boot is not None:
         drivers_dir = guest.mkdir(f"{guest.systemroot}/System32/drivers")
         placements.append(Placement(drivers_dir, f"{boot}.sys", files[f"{boot}.sys"]))
-    targets = put_files(guest.g, placements)
+    targets = put_files(guest.g, placements, guest.scratch)
     for d in chosen:
         guest.note("drivers", f"copied {d.driver} ({d.osdir}) to {WIN_DIR}", directory)
     if agent:

@@ -27,8 +27,9 @@ class Placement:
     local: Path  # the host file to copy
 
 
-def put_files(g: Any, placements: Sequence[Placement]) -> list[str]:
+def put_files(g: Any, placements: Sequence[Placement], scratch: Path | None = None) -> list[str]:
     """Copy each placement's file into the guest; the guest path each one got, in order.
+    New files go in one archive, made in a temporary directory under scratch ($TMPDIR if None).
 
     A name placed twice in one directory gets the content of its last placement.
     """
@@ -52,7 +53,7 @@ def put_files(g: Any, placements: Sequence[Placement]) -> list[str]:
     for target, local in replaced.items():
         _upload(g, local, target)
     if new:
-        _tar_in(g, new)
+        _tar_in(g, new, scratch)
     return targets
 
 
@@ -63,10 +64,10 @@ def _upload(g: Any, local: Path, target: str) -> None:
         raise ConversionError(f"cannot write {target} in the guest: {exc}") from exc
 
 
-def _tar_in(g: Any, files: dict[str, Path]) -> None:
+def _tar_in(g: Any, files: dict[str, Path], scratch: Path | None) -> None:
     """Extract the files at their guest paths (their directories exist) in one call."""
     now = int(time.time())  # the time an upload would have given them
-    with tempfile.TemporaryDirectory(prefix="vmshift-files-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vmshift-files-", dir=scratch) as tmp:
         archive = Path(tmp) / "files.tar"
         with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT) as tar:
             for target, local in files.items():

@@ -24,9 +24,10 @@ from vmshift.guest.registry import Hive, HiveEditor
 
 
 class HiveCache:
-    def __init__(self, g: Any, locate: Callable[[str], str]) -> None:
+    def __init__(self, g: Any, locate: Callable[[str], str], scratch: Path | None = None) -> None:
         self._g = g
         self._locate = locate  # "SYSTEM" -> its path in the guest
+        self._scratch = scratch  # where the copies' directory is made ($TMPDIR if None)
         self._dir: Path | None = None
         self._copies: dict[str, tuple[str, Path]] = {}  # which -> (guest path, local copy)
         self._edited: list[str] = []  # in the order first edited
@@ -37,7 +38,7 @@ class HiveCache:
             return self._copies[which][1]
         guest_path = self._locate(which)
         if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="vmshift-hives-"))
+            self._dir = Path(tempfile.mkdtemp(prefix="vmshift-hives-", dir=self._scratch))
         local = self._dir / which
         try:
             self._g.download(guest_path, str(local))

@@ -166,7 +166,7 @@ def _bsdtar(argv: list[str], iso: Path) -> str:
 
 
 @contextmanager
-def open_tree(path: Path) -> Iterator[VirtioTree]:
+def open_tree(path: Path, scratch: Path | None = None) -> Iterator[VirtioTree]:
     """Open a directory or ISO tree; an ISO is listed now and extracted from by fetch()."""
     if path.is_dir():
         yield VirtioTree(path, TreeIndex.of(_list_dir(path)), None)
@@ -174,7 +174,7 @@ def open_tree(path: Path) -> Iterator[VirtioTree]:
     if not path.is_file():
         raise ConversionError(f"{path}: no such virtio-win directory or ISO")
     index = TreeIndex.of(_bsdtar(["-t", "-f", str(path)], path).splitlines())
-    tmp = Path(tempfile.mkdtemp(prefix="vmshift-virtio-win-"))
+    tmp = Path(tempfile.mkdtemp(prefix="vmshift-virtio-win-", dir=scratch))
     try:
         yield VirtioTree(path, index, tmp)
     finally:
