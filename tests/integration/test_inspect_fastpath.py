@@ -1,13 +1,14 @@
-"""vmshift's own inspection of Debian-family guests (guest/deb_inspection.py) answers what
-libguestfs's inspect_os answers, on every Debian-family guest the suite builds.
+"""vmshift's own inspection of Debian- and RHEL-family guests (guest/linux_inspection.py)
+answers what libguestfs's inspect_os answers, on every such guest the suite builds.
 
-In one appliance per guest, the whole inspection runs twice: through deb_inspection, then
+In one appliance per guest, the whole inspection runs twice: through linux_inspection, then
 through inspect_os and the inspect_get_* calls, and the two OperatingSystem records must be
 equal field by field (mountpoints, the filesystems and their order of discovery in fstab,
-product name and version from debian_version or os-release, the package list, the kernels).
-The guests cover a plain root, LVM with a separate /boot and swap on an LV (real and phony),
-an ESP, a second disk holding /var, Ubuntu's os-release, and a Debian 11 without a kernel.
-The phony RHEL guest shows the other side: deb_inspection declines it and says why.
+product name and version from debian_version or os-release, the package list from dpkg's
+status or the rpm database, the kernels). The guests cover a plain root, LVM with a separate
+/boot and swap on an LV (real and phony), an ESP, a second disk holding /var, Ubuntu's
+os-release, a Debian 11 without a kernel, and RHEL 9 (LVM, xfs, an sqlite rpm database). The
+phony SUSE guest shows the other side: linux_inspection declines it and says why.
 """
 
 from __future__ import annotations
@@ -19,21 +20,21 @@ import pytest
 
 from tests.guests.manifest import BuiltGuest
 from vmshift.blockio.imageinfo import probe_image
-from vmshift.guest import deb_inspection, inspect
+from vmshift.guest import inspect, linux_inspection
 from vmshift.guest.probes import Probes
 from vmshift.guest.session import open_session
 from vmshift.model.inspection import OperatingSystem
 
 pytestmark = pytest.mark.slow
 
-PHONY = ["debian", "debian-lvm", "debian-uefi", "debian-twodisks", "ubuntu", "nokernel"]
+PHONY = ["debian", "debian-lvm", "debian-uefi", "debian-twodisks", "ubuntu", "nokernel", "rhel"]
 
 
 def _both_ways(guest: BuiltGuest) -> tuple[OperatingSystem | None, list[OperatingSystem]]:
-    """(deb_inspection's answer or None, inspect_os's answers), from one appliance."""
+    """(linux_inspection's answer or None, inspect_os's answers), from one appliance."""
     with open_session([probe_image(d) for d in guest.disks], readonly=True) as session:
         probes: Probes = {}
-        facts = deb_inspection.inspect_deb(session.g, probes)
+        facts = linux_inspection.inspect_linux(session.g, probes)
         own = inspect._inspect_root(session, facts, probes) if facts is not None else None
         roots = sorted(session.g.inspect_os())
         theirs = [
@@ -44,7 +45,7 @@ def _both_ways(guest: BuiltGuest) -> tuple[OperatingSystem | None, list[Operatin
 
 
 def _assert_same(own: OperatingSystem | None, theirs: list[OperatingSystem]) -> None:
-    assert own is not None, "deb_inspection declined a Debian-family guest"
+    assert own is not None, "linux_inspection declined the guest"
     assert len(theirs) == 1
     for f in dataclasses.fields(own):
         assert getattr(own, f.name) == getattr(theirs[0], f.name), f.name
@@ -75,11 +76,11 @@ def test_real_debian_lvm_inspects_as_libguestfs_does() -> None:
     assert any(fs.type == "swap" for fs in own.filesystems), "the swap LV from fstab"
 
 
-def test_rhel_is_left_to_inspect_os(
+def test_suse_is_left_to_inspect_os(
     linux_guests: dict[str, BuiltGuest], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="vmshift.guest.deb_inspection")
-    own, theirs = _both_ways(linux_guests["rhel"])
+    caplog.set_level(logging.INFO, logger="vmshift.guest.linux_inspection")
+    own, theirs = _both_ways(linux_guests["suse"])
     assert own is None
-    assert [os.distro for os in theirs] == ["rhel"]
-    assert "distro rhel: asking libguestfs's inspect_os" in caplog.text
+    assert [os.distro for os in theirs] == ["sles"]
+    assert "distro sles: asking libguestfs's inspect_os" in caplog.text

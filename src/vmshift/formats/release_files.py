@@ -1,12 +1,14 @@
-"""The files libguestfs's inspection reads on a Debian-family root, read the way it reads them.
+"""The files libguestfs's inspection reads on a Debian- or RHEL-family root, read the way it
+reads them.
 
-guest/deb_inspection.py answers what `inspect_os` and the `inspect_get_*` calls would answer
-for these guests, so every rule here follows libguestfs 1.48's inspection (daemon/inspect_*.ml,
-lib/inspect-apps.c, lib/inspect-osinfo.c), quirks included: a key is everything before the
-first '=', unstripped; a Debian package's release is what follows its version's *first* '-';
-an fstab mountpoint loses repeated and trailing slashes. Where libguestfs would read something
-in a way not reproduced here (shell escapes, fstab fields its augeas lens splits differently),
-`Unsure` is raised and the caller falls back to libguestfs's own inspection.
+guest/linux_inspection.py answers what `inspect_os` and the `inspect_get_*` calls would answer
+for these guests, so every rule here follows libguestfs 1.48.6's inspection (Debian 12's:
+daemon/inspect_*.ml, lib/inspect-apps.c, lib/inspect-osinfo.c), quirks included: a key is
+everything before the first '=', unstripped; a Debian package's release is what follows its
+version's *first* '-'; an fstab mountpoint loses repeated and trailing slashes. Where
+libguestfs would read something in a way not reproduced here (shell escapes, fstab fields its
+augeas lens splits differently), `Unsure` is raised and the caller falls back to libguestfs's
+own inspection.
 """
 
 from __future__ import annotations
@@ -27,17 +29,27 @@ _OS_RELEASE_IDS = {
     "debian": "debian",
     "fedora": "fedora",
     "frugalware": "frugalware",
+    "gentoo": "gentoo",
     "kali": "kalilinux",
+    "kylin": "kylin",
     "mageia": "mageia",
     "neokylin": "neokylin",
+    "openmandriva": "openmandriva",
     "opensuse": "opensuse",
+    "pardus": "pardus",
     "pld": "pldlinux",
     "rhel": "rhel",
+    "rocky": "rocky",
     "sles": "sles",
     "sled": "sles",
     "ubuntu": "ubuntu",
     "void": "voidlinux",
 }
+# os-release of rolling distros has no VERSION_ID: libguestfs then says version 0.0.
+_ROLLING = ("archlinux", "gentoo", "voidlinux")
+# The distros guest/linux_inspection.py covers, by package format.
+DEB_DISTROS = ("debian", "ubuntu")
+RPM_DISTROS = ("rhel", "centos", "rocky", "fedora")
 _MAJOR_MINOR = re.compile(r"(\d+)\.(\d+)")
 _MAJOR = re.compile(r"(\d+)")
 _NEOKYLIN = re.compile(r"^V(\d+)Update(\d+)$")
@@ -103,10 +115,11 @@ class Release:
                 self.version = found or self.version
         if self.distro is None or self.product_name is None:
             return False
-        # Debian's os-release names only the major version: debian_version has the rest.
-        if self.distro in ("debian", "centos") and self.version and self.version[1] == 0:
+        # Debian's, CentOS's and Rocky's os-release name only the major version: their other
+        # release files have the rest.
+        if self.distro in ("debian", "centos", "rocky") and self.version and self.version[1] == 0:
             return False
-        if self.distro == "voidlinux" and self.version is None:
+        if self.distro in _ROLLING and self.version is None:
             self.version = (0, 0)
             return True
         return self.version is not None
@@ -183,14 +196,38 @@ def elf_arch(header: bytes) -> str | None:
 
 
 def osinfo(distro: str, major: int, minor: int) -> str:
-    """libosinfo's short ID for a Debian-family Linux (inspect_get_osinfo)."""
+    """libosinfo's short ID for a Debian- or RHEL-family Linux (inspect_get_osinfo)."""
+    if distro in ("centos", "rocky") and major >= 8:
+        return f"{distro}{major}"
+    if distro == "centos" and major == 7:
+        return "centos7.0"
     if distro == "debian" and major >= 4:
         return f"debian{major}"
+    if distro == "fedora":
+        return f"fedora{major}"
     if distro == "ubuntu":
         return f"ubuntu{major}.{minor:02d}"
     if distro != "unknown" and (major > 0 or minor > 0):
         return f"{distro}{major}.{minor}"
     return "unknown"
+
+
+def package_manager(distro: str, major: int, has_dnf: bool) -> str | None:
+    """What inspect_get_package_management names for these distros (None: "unknown").
+    has_dnf: the root has /usr/bin/dnf (asked of Fedora only)."""
+    if distro in DEB_DISTROS:
+        return "apt"
+    if distro == "fedora":
+        if major >= 22 and has_dnf:
+            return "dnf"
+        return "yum" if major >= 1 else None
+    if distro in RPM_DISTROS:
+        if major >= 8:
+            return "dnf"
+        if major >= 5:
+            return "yum"
+        return "up2date" if major >= 2 else None
+    return None
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from typing import Any
 
 from vmshift.blockio.imageinfo import probe_image
 from vmshift.errors import InspectionError, NoOperatingSystemError
-from vmshift.guest import deb_inspection, foreign, linux_facts, windows_facts
-from vmshift.guest.deb_inspection import RootFacts
+from vmshift.guest import foreign, linux_facts, linux_inspection, windows_facts
+from vmshift.guest.linux_inspection import RootFacts
 from vmshift.guest.luks import AskKey, LuksKey, unlock_volumes
 from vmshift.guest.probes import Probes, blkid_tags, try_call
 from vmshift.guest.session import GuestSession, open_session
@@ -58,11 +58,11 @@ def inspect_images(
 
 
 def inspect_session(session: GuestSession) -> tuple[OperatingSystem, ...]:
-    """Every OS on the session's disks. A plain Debian-family guest is inspected by
-    deb_inspection (seconds faster under TCG); any other by libguestfs's inspect_os."""
+    """Every OS on the session's disks. A plain Debian- or RHEL-family guest is inspected by
+    linux_inspection (seconds faster under TCG); any other by libguestfs's inspect_os."""
     g = session.g
     probes = session.probes
-    own = deb_inspection.inspect_deb(g, probes)
+    own = linux_inspection.inspect_linux(g, probes)
     if own is not None:
         return (_inspect_root(session, own, probes),)
     try:
@@ -165,9 +165,11 @@ def _identity(g: Any, dev: str, probes: Probes) -> tuple[str | None, str | None,
 
 def _applications(g: Any, facts: RootFacts) -> tuple[Application, ...]:
     if not facts.inspect_os:
-        own = deb_inspection.applications(g)
+        own = linux_inspection.applications(g, facts.package_format)
         if own is None:
-            log.info("cannot list applications: /var/lib/dpkg/status cannot be read")
+            log.info(
+                "cannot list applications: the %s database cannot be read", facts.package_format
+            )
         return tuple(sorted(own or (), key=lambda a: a.name.lower()))
     try:
         raw = g.inspect_list_applications2(facts.root)

@@ -1,20 +1,23 @@
-"""deb_inspection's reading of release files, fstab and dpkg status the way libguestfs 1.48
-reads them, and its refusals: every layout it does not cover goes to inspect_os, with the
-reason. (tests/integration/test_inspect_fastpath.py compares it with inspect_os on real
-appliances.)"""
+"""linux_inspection's reading of release files, fstab, dpkg status and rpm databases the way
+libguestfs 1.48 reads them, and its refusals: every layout it does not cover goes to
+inspect_os, with the reason. (tests/integration/test_inspect_fastpath.py compares it with
+inspect_os on real appliances.)"""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.unit.fake_guestfs import FakeG
 from vmshift.formats import release_files as rf
+from vmshift.formats import rpmdb
 from vmshift.formats.release_files import Release, Unsure
-from vmshift.guest import deb_inspection
+from vmshift.guest import linux_inspection
 from vmshift.guest.probes import Probes
 
 ELF_X86_64 = b"\x7fELF\x02\x01\x01" + bytes(11) + struct.pack("<H", 62) + bytes(44)
@@ -33,7 +36,10 @@ DEBIAN_ROOT = {
 }
 
 
-FEDORA = 'ID=fedora\nPRETTY_NAME="Fedora Linux 39"\nVERSION_ID=39\n'
+SLES = 'ID="sles"\nPRETTY_NAME="SUSE Linux Enterprise Server 15 SP5"\nVERSION_ID="15.5"\n'
+RHEL_OS_RELEASE = 'NAME="Red Hat Enterprise Linux"\nID="rhel"\nVERSION_ID="9.3"\n' + (
+    'PRETTY_NAME="Red Hat Enterprise Linux 9.3 (Plow)"\n'
+)
 
 
 class FakeFs(FakeG):
@@ -87,11 +93,11 @@ def root_fs(**changes: str | None) -> FakeG:
 
 def inspect(devices: dict[str, tuple[dict[str, str], FakeG | None]]) -> Any:
     probes: Probes = {}
-    return deb_inspection.inspect_deb(FakeDisks(devices), probes)
+    return linux_inspection.inspect_linux(FakeDisks(devices), probes)
 
 
 def declined(devices: dict[str, tuple[dict[str, str], FakeG | None]], caplog: Any) -> str:
-    caplog.set_level(logging.INFO, logger="vmshift.guest.deb_inspection")
+    caplog.set_level(logging.INFO, logger="vmshift.guest.linux_inspection")
     assert inspect(devices) is None
     return str(caplog.text)
 
@@ -169,8 +175,8 @@ def test_lvm_names_in_fstab_become_libguestfs_lv_names() -> None:
             "/etc/lsb-release would be read",
         ),
         (
-            {"/dev/sda1": ({"TYPE": "ext4"}, root_fs(**{"/etc/os-release": FEDORA}))},
-            "/dev/sda1: distro fedora",
+            {"/dev/sda1": ({"TYPE": "ext4"}, root_fs(**{"/etc/os-release": SLES}))},
+            "/dev/sda1: distro sles",
         ),
         (
             {"/dev/sda1": ({"TYPE": "ext4"}, root_fs(**{"/etc/fstab": "PARTUUID=9 / ext4 0 1\n"}))},
@@ -326,3 +332,144 @@ def test_a_failing_appliance_call_is_left_to_inspect_os(caplog: Any) -> None:
         "/dev/sda1": ({"TYPE": "ext4"}, Failing(DEBIAN_ROOT))
     }
     assert "appliance closed the connection: asking" in declined(devices, caplog)
+
+
+def rpm_header(name: str, version: str, release: str, epoch: int | None = None) -> bytes:
+    """An rpm header blob as rpmdb.sqlite stores it: a region tag first, as rpm writes."""
+    entries = [(63, 7, 0, 16)]  # RPMTAG_HEADERIMMUTABLE, BIN: its data is not looked at
+    data = bytes(16)
+    for tag, text in ((1000, name), (1001, version), (1002, release)):
+        entries.append((tag, 6, len(data), 1))
+        data += text.encode() + b"\0"
+    if epoch is not None:
+        data += bytes(-len(data) % 4)
+        entries.append((1003, 4, len(data), 1))
+        data += struct.pack(">i", epoch)
+    index = b"".join(struct.pack(">iiii", *e) for e in entries)
+    return struct.pack(">II", len(entries), len(data)) + index + data
+
+
+def rpm_database(path: Path, headers: list[bytes]) -> bytes:
+    """An rpmdb.sqlite holding headers, in WAL mode as rpm leaves it."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE Packages (hnum INTEGER PRIMARY KEY AUTOINCREMENT, blob BLOB)")
+    conn.executemany("INSERT INTO Packages (blob) VALUES (?)", [(h,) for h in headers])
+    conn.commit()
+    conn.close()  # the last connection checkpoints and removes the -wal file
+    assert not path.with_name(path.name + "-wal").exists()
+    return path.read_bytes()
+
+
+PACKAGES = [
+    rpm_header("kernel", "5.14.0", "284.el9"),
+    rpm_header("bash", "5.1.8", "6.el9_1"),
+    rpm_header("NetworkManager", "1.44.0", "3.el9", epoch=1),
+    rpm_header("kernel", "5.14.0", "362.el9"),
+    rpm_header("gpg-pubkey", "fd431d51", "4ae0493b"),
+]
+
+
+def test_an_rpm_database_as_libguestfs_lists_it(tmp_path: Path) -> None:
+    database = rpm_database(tmp_path / "rpmdb.sqlite", PACKAGES)
+    assert database[18:20] == b"\x02\x02"  # WAL mode: read as a rollback-journal database
+    found = [(p.name, p.epoch, p.release) for p in rpmdb.rpm_packages(database)]
+    # By name, bytewise (upper case first); one name's packages last-installed first;
+    # gpg-pubkey entries kept, as librpm iterates over them too.
+    assert found == [
+        ("NetworkManager", 1, "3.el9"),
+        ("bash", 0, "6.el9_1"),
+        ("gpg-pubkey", 0, "4ae0493b"),
+        ("kernel", 0, "362.el9"),
+        ("kernel", 0, "284.el9"),
+    ]
+    with pytest.raises(rpmdb.RpmdbError):
+        rpmdb.rpm_packages(b"not a database")
+    with pytest.raises(rpmdb.RpmdbError):
+        rpmdb.header_package(PACKAGES[0][:40])
+
+
+def rhel_root(database: bytes, **changes: str | None) -> FakeG:
+    fs = root_fs(
+        **{
+            "/etc/os-release": RHEL_OS_RELEASE,
+            "/etc/redhat-release": "Red Hat Enterprise Linux release 9.3 (Plow)\n",
+            "/etc/debian_version": None,
+            "/var/lib/dpkg/status": None,
+            "/etc/hostname": "# set by the installer\n\nrhel93\n",
+            "/etc/fstab": "/dev/mapper/rhel-root / xfs defaults 0 0\n"
+            "UUID=1111 /boot xfs defaults 0 0\n",
+            "/var/lib/rpm/rpmdb.sqlite": "",
+            **changes,
+        }
+    )
+    fs.files["/var/lib/rpm/rpmdb.sqlite"] = database
+    return fs
+
+
+def rhel_devices(fs: FakeG) -> dict[str, tuple[dict[str, str], FakeG | None]]:
+    return {
+        "/dev/sda1": ({"TYPE": "xfs", "UUID": "1111"}, FakeG({"/grub2/grub.cfg": ""})),
+        "/dev/sda2": ({"TYPE": "LVM2_member"}, None),
+        "/dev/rhel/root": ({"TYPE": "xfs"}, fs),
+    }
+
+
+def test_a_rhel_root(tmp_path: Path) -> None:
+    fs = rhel_root(rpm_database(tmp_path / "rpmdb.sqlite", PACKAGES))
+    facts = inspect(rhel_devices(fs))
+    assert (facts.root, facts.distro, facts.osinfo) == ("/dev/rhel/root", "rhel", "rhel9.3")
+    assert facts.product_name == "Red Hat Enterprise Linux 9.3 (Plow)"
+    assert (facts.package_format, facts.package_manager) == ("rpm", "dnf")
+    assert facts.hostname == "rhel93"  # the first line neither empty nor a comment
+    assert facts.mountpoints == {"/": "/dev/rhel/root", "/boot": "/dev/sda1"}
+    apps = linux_inspection.applications(fs, "rpm")
+    assert apps is not None and [a.name for a in apps][:2] == ["NetworkManager", "bash"]
+    assert (apps[0].epoch, apps[0].version, apps[0].release) == (1, "1.44.0", "3.el9")
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"/var/lib/rpm/Packages": "bdb"}, "/var/lib/rpm/Packages: an rpm database other than"),
+        ({"/var/lib/rpm/rpmdb.sqlite-wal": "frames"}, "rpmdb.sqlite-wal holds changes"),
+        # CentOS's os-release has no minor version: libguestfs reads redhat-release next.
+        (
+            {"/etc/os-release": 'ID="centos"\nPRETTY_NAME="CentOS Stream 9"\nVERSION_ID="9"\n'},
+            "/etc/redhat-release would be read",
+        ),
+        ({"/etc/hostname": None, "/etc/sysconfig/network": "HOSTNAME=x\n"}, "sysconfig/network"),
+    ],
+)
+def test_what_it_leaves_to_inspect_os_on_rhel(
+    changes: dict[str, str | None], reason: str, tmp_path: Path, caplog: Any
+) -> None:
+    fs = rhel_root(rpm_database(tmp_path / "rpmdb.sqlite", PACKAGES), **changes)
+    assert reason in declined(rhel_devices(fs), caplog)
+
+
+def test_no_rpm_database_is_left_to_inspect_os(caplog: Any) -> None:
+    fs = rhel_root(b"")
+    del fs.files["/var/lib/rpm/rpmdb.sqlite"]
+    assert "no /var/lib/rpm/rpmdb.sqlite" in declined(rhel_devices(fs), caplog)
+
+
+def test_package_manager_and_osinfo_rules() -> None:
+    assert rf.package_manager("fedora", 39, has_dnf=True) == "dnf"
+    assert rf.package_manager("fedora", 39, has_dnf=False) == "yum"
+    assert rf.package_manager("rhel", 7, has_dnf=False) == "yum"
+    assert rf.package_manager("centos", 4, has_dnf=False) == "up2date"
+    assert rf.package_manager("rhel", 0, has_dnf=False) is None
+    assert rf.package_manager("ubuntu", 22, has_dnf=False) == "apt"
+    assert [rf.osinfo(d, 9, 3) for d in ("rhel", "centos", "rocky", "fedora")] == [
+        "rhel9.3",
+        "centos9",
+        "rocky9",
+        "fedora9",
+    ]
+    assert (rf.osinfo("centos", 7, 9), rf.osinfo("centos", 6, 10)) == ("centos7.0", "centos6.10")
+    rocky = Release()
+    assert not rocky.read_os_release(['ID="rocky"', 'PRETTY_NAME="Rocky 9"', 'VERSION_ID="9"'])
+    arch = Release()
+    assert arch.read_os_release(["ID=arch", "PRETTY_NAME=Arch Linux"])
+    assert arch.version == (0, 0)
