@@ -30,8 +30,6 @@ from vmshift.convert.base import ConvertOptions, pick_converter
 from vmshift.errors import (
     BootCheckError,
     ConversionError,
-    NoOperatingSystemError,
-    SourceError,
     TargetError,
 )
 from vmshift.guest.inspect import inspect_session
@@ -327,17 +325,19 @@ def _convert_and_copy(
     ) as session:
         unlock_volumes(session, opts.keys, opts.ask_key)
         sink(StageEvent("inspect", "inspecting the guest"))
-        try:
-            oses = inspect_session(session)
-        except NoOperatingSystemError:
-            problem = session.unreadable()
-            if problem is not None:
-                raise SourceError(f"{problem}: the source disk cannot be read") from None
-            raise
+        oses = inspect_session(session)
         guest_os = choose_root(oses, opts.root, opts.ask_root)
         what = f"{guest_os.distro} {guest_os.major_version}.{guest_os.minor_version}"
         sink(StageEvent("convert", f"converting {guest_os.type} guest ({what}, {guest_os.root})"))
-        caps = pick_converter(guest_os).convert(session, guest_os, vm, opts.convert)
+        try:
+            caps = pick_converter(guest_os).convert(session, guest_os, vm, opts.convert)
+        except ConversionError as exc:
+            # A guest tool or filesystem check that failed on a source whose reads fail: the
+            # disk is what to name, not the tool.
+            unreadable = session.unreadable()
+            if unreadable is None:
+                raise
+            raise unreadable from exc
         sink(StageEvent("trim", "discarding unused blocks"))
         trim_filesystems(session, oses)
     estimates = [measure(o, opts.out_format) for o in overlays]

@@ -67,15 +67,18 @@ def _one_error_line(err: str) -> str:
     return lines[0]
 
 
+@pytest.mark.parametrize("stage", ["inspect", "convert"])
 def test_a_source_whose_reads_fail_ends_the_run_cleanly(
-    linux_guests: dict[str, BuiltGuest], tmp_path: Path, outdir: Path, workdir: Path
+    stage: str, linux_guests: dict[str, BuiltGuest], tmp_path: Path, outdir: Path, workdir: Path
 ) -> None:
+    """Reads that fail from inspection on, or once the guest's tools run (a filesystem check
+    or grub2-mkconfig hits them then): either way the disk is named, not the tool."""
     guest = linux_guests["rhel"]
     disk = Path(guest.disks[0])
     before = sha256(disk)
     with failing_disk(disk, tmp_path) as (shown, trigger):
         proc = start_convert([shown], outdir, workdir)
-        wait_for_stage(proc, "inspect")
+        wait_for_stage(proc, stage)
         trigger.touch()  # from here on every read of the source fails
         _out, err = proc.communicate(timeout=600)
     assert proc.returncode == 1, err

@@ -65,12 +65,16 @@ def inspect_session(session: GuestSession) -> tuple[OperatingSystem, ...]:
     own = linux_inspection.inspect_linux(g, probes)
     if own is not None:
         return (_inspect_root(session, own, probes),)
+    # A source whose reads began to fail is not handed to inspect_os: on a half-read disk it
+    # crawls through failing reads for minutes before it gives up.
+    if (unreadable := session.unreadable()) is not None:
+        raise unreadable
     try:
         roots = sorted(g.inspect_os())
     except RuntimeError as exc:
-        raise InspectionError(f"inspection failed: {exc}") from exc
+        raise session.unreadable() or InspectionError(f"inspection failed: {exc}") from exc
     if not roots:
-        raise _no_os_error(session)
+        raise session.unreadable() or _no_os_error(session)
     return tuple(_inspect_root(session, _libguestfs_facts(g, root), probes) for root in roots)
 
 

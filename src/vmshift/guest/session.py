@@ -17,7 +17,7 @@ from typing import Any
 
 from vmshift.blockio.imageinfo import ImageInfo
 from vmshift.blockio.overlay import CLUSTER_SIZE
-from vmshift.errors import EnvironmentProblem, InspectionError
+from vmshift.errors import EnvironmentProblem, InspectionError, SourceError
 from vmshift.guest.accel import detect_accelerator
 from vmshift.guest.appliance import pvh_appliance
 from vmshift.guest.probes import Probes
@@ -113,10 +113,11 @@ class GuestSession:
                 return disk
         return None
 
-    def unreadable(self) -> str | None:
-        """A disk the appliance failed to read ("LABEL: I/O error at sector N"), or None.
-        Asked when inspection found nothing: a source whose reads fail looks like a disk
-        without an OS, and only the appliance's kernel log tells the two apart."""
+    def unreadable(self) -> SourceError | None:
+        """The error for a disk the appliance failed to read, or None. Asked when inspection
+        or conversion fails: a source whose reads fail looks like a disk without an OS, a
+        damaged filesystem or a broken guest tool, and only the appliance's kernel log tells
+        them apart."""
         try:
             kernel_log = str(self.g.debug("sh", ["dmesg"]))
         except RuntimeError as exc:
@@ -125,7 +126,10 @@ class GuestSession:
         for m in _IO_ERROR.finditer(kernel_log):
             for disk in self.disks:
                 if disk.appliance_device == f"/dev/{m.group(1)}":
-                    return f"{disk.label}: I/O error at sector {m.group(2)}"
+                    return SourceError(
+                        f"{disk.label}: I/O error at sector {m.group(2)}:"
+                        " the source disk cannot be read"
+                    )
         return None
 
 
