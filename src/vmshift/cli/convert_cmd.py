@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import getpass
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -324,6 +325,7 @@ def run(args: argparse.Namespace) -> int:
             virtio_win=_existing_path("--virtio-win", args.virtio_win),
             firstboot_tool=args.firstboot_tool,
             secure_boot=args.secure_boot,
+            environ=dict(os.environ),
         ),
         root=args.root or "ask",
         ask_root=partial(ask_root, printer) if sys.stdin.isatty() else None,

@@ -13,7 +13,8 @@ converted at all; when it can only boot on emulated devices it says so in GuestC
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from vmshift.guest.session import GuestSession
@@ -28,6 +29,9 @@ class ConvertOptions:
     virtio_win: str | None = None  # Windows driver tree (directory or ISO)
     firstboot_tool: str | None = None  # Windows service wrapper (rhsrvany.exe or pvvxsvc.exe)
     secure_boot: bool = True  # keep the source's UEFI secure boot (--no-secure-boot: False)
+    # The variables that stand in for options (VIRTIO_WIN, VMSHIFT_FIRSTBOOT_TOOL,
+    # VIRT_TOOLS_DATA_DIR): the caller's environment, passed in, never read here.
+    environ: Mapping[str, str] = field(default_factory=dict)
 
 
 class Converter(Protocol):

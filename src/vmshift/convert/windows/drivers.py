@@ -12,7 +12,6 @@ Without drivers for the guest the conversion still goes on, on emulated devices,
 
 from __future__ import annotations
 
-import os
 import posixpath
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,7 +45,7 @@ def source_path(option: str | None, environ: Mapping[str, str]) -> tuple[Path, b
 
 
 def install(guest: WindowsGuest) -> None:
-    path, given = source_path(guest.opts.virtio_win, os.environ)
+    path, given = source_path(guest.opts.virtio_win, guest.opts.environ)
     os_ = guest.os
     kind = guest_kind(os_.product_variant, os_.product_name)
     build = parse_build(os_.windows.build if os_.windows else "")

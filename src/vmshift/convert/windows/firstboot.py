@@ -17,7 +17,6 @@ scripts installed take effect.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path, PureWindowsPath
@@ -151,7 +150,7 @@ def install(guest: WindowsGuest) -> None:
     scripts = [*guest.firstboot_scripts, *uninstallers, *network]
     if not scripts:
         return
-    tool = find_tool(guest.opts.firstboot_tool, guest.opts.virtio_win, os.environ)
+    tool = find_tool(guest.opts.firstboot_tool, guest.opts.virtio_win, guest.opts.environ)
     service = tool.stem.lower()
     win_dir = str(PureWindowsPath(drive + "\\", *GUEST_DIR))
     _write_files(guest, tool, win_dir, service, scripts)
