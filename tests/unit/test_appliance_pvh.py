@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lzma
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,11 @@ from typing import Any
 import pytest
 
 from vmshift.formats.bzimage import KernelImageError, has_pvh_entry, vmlinux
+from vmshift.formats.cpio import CpioEntry, newc_archive, read_archive, regular
+from vmshift.formats.initramfs import InitramfsError
+from vmshift.formats.kmod import modinfo
 from vmshift.guest import session
-from vmshift.guest.appliance import PREFIX, pvh_appliance
+from vmshift.guest.appliance import PREFIX, pvh_appliance, slim_initrd
 
 
 def elf_kernel(pvh: bool) -> bytes:
@@ -68,6 +72,113 @@ def test_a_fixed_appliance_is_made_once_per_kernel(tmp_path: Path) -> None:
     (built / "kernel").write_bytes(bzimage(elf_kernel(pvh=True) + b"\1"))
     second = pvh_appliance(str(tmp_path), 0)
     assert second is not None and second != first and not first.exists()
+
+
+def test_touching_the_appliance_does_not_make_a_new_copy(tmp_path: Path) -> None:
+    """libguestfs touches its appliance at every ordinary launch (virt-v2v's, say): the copy
+    is named by content, so it is kept, not made again (a 60+ MB write and an xz unpack)."""
+    built = _libguestfs_cache(tmp_path, elf_kernel(pvh=True))
+    first = pvh_appliance(str(tmp_path), 0)
+    assert first is not None
+    made = (first / "kernel").stat().st_mtime_ns
+    for part in ("kernel", "initrd", "root"):
+        os.utime(built / part, ns=(1, 1))
+    assert pvh_appliance(str(tmp_path), 0) == first
+    assert (first / "kernel").stat().st_mtime_ns == made
+
+
+def module(name: str, depends: str, *extra: str) -> bytes:
+    """A 64-bit ELF with the .modinfo section a kernel module carries (and its name table);
+    extra: more key=value strings (alias=..., softdep=...)."""
+    strings = ("license=GPL", f"depends={depends}", *extra, f"name={name}")
+    info = "".join(f"{kv}\0" for kv in strings).encode()
+    names = b"\0.modinfo\0.shstrtab\0"
+    header = bytearray(64)
+    header[:6] = b"\x7fELF\x02\x01"
+    shoff = 64 + len(info) + len(names)
+    struct.pack_into("<Q", header, 0x28, shoff)
+    struct.pack_into("<HHH", header, 0x3A, 64, 3, 2)  # e_shentsize, e_shnum, e_shstrndx
+
+    def section(name_at: int, offset: int, size: int) -> bytes:
+        return struct.pack("<IIQQQQIIQQ", name_at, 1, 0, 0, offset, size, 0, 0, 1, 0)
+
+    return (
+        bytes(header) + info + names + bytes(64)
+        + section(1, 64, len(info)) + section(10, 64 + len(info), len(names))
+    )  # fmt: skip
+
+
+def supermin_initrd(modules: dict[str, str]) -> bytes:
+    """An initrd laid out as supermin makes it: /init, the .ko files, /modules listing them."""
+    files = [
+        regular(f"{name}.ko", module(name.replace("-", "_"), deps))
+        for name, deps in modules.items()
+    ]
+    listing = "".join(f"{name}.ko\n" for name in modules).encode()
+    return newc_archive(
+        [regular("init", b"\x7fELF init", 0o755), *files, regular("modules", listing)]
+    )
+
+
+def _members(archive: bytes) -> dict[str, CpioEntry]:
+    entries: list[CpioEntry] = []
+    read_archive(archive, 0, entries, keep=len(archive))
+    return {e.path: e for e in entries}
+
+
+def test_modinfo_reads_a_module_s_depends() -> None:
+    info = modinfo(module("sd_mod", "scsi_mod,t10-pi"))
+    assert info["depends"] == ["scsi_mod,t10-pi"] and info["name"] == ["sd_mod"]
+    with pytest.raises(ValueError):
+        modinfo(b"\x7fELF\x02\x01" + b"\0" * 10)
+
+
+def test_the_slim_initrd_leaves_out_the_modules_for_devices_the_appliance_lacks() -> None:
+    initrd = supermin_initrd({
+        "scsi_mod": "", "virtio_scsi": "scsi_mod", "libnvdimm": "", "nfit": "libnvdimm",
+        "crc-itu-t": "", "failover": "", "net_failover": "failover", "ext4": "",
+    })  # fmt: skip
+    slim = _members(slim_initrd(initrd))
+    assert (slim["modules"].data or b"").decode().split() == [
+        "scsi_mod.ko",
+        "virtio_scsi.ko",
+        "ext4.ko",
+    ]
+    assert sorted(slim) == ["ext4.ko", "init", "modules", "scsi_mod.ko", "virtio_scsi.ko"]
+    whole = _members(initrd)
+    assert slim["init"].data == whole["init"].data and slim["init"].mode == whole["init"].mode
+    assert slim["ext4.ko"].data == whole["ext4.ko"].data
+
+
+def test_an_initrd_that_cannot_be_slimmed_is_kept_as_it_is(tmp_path: Path) -> None:
+    # A module kept that needs one left out (a kernel built otherwise): not slimmed.
+    needs_dropped = supermin_initrd({"libata": "", "sd_mod": "libata"})
+    with pytest.raises(InitramfsError, match=r"sd_mod\.ko needs libata"):
+        slim_initrd(needs_dropped)
+    # A soft dependency by alias (ext4's "pre: crypto-crc32c") whose only provider is left out.
+    soft = newc_archive([
+        regular("init", b"x", 0o755),
+        regular("crc8.ko", module("crc8", "", "alias=crypto-crc32c")),
+        regular("ext4.ko", module("ext4", "", "softdep=pre: crypto-crc32c")),
+        regular("modules", b"crc8.ko\next4.ko\n"),
+    ])  # fmt: skip
+    with pytest.raises(InitramfsError, match=r"ext4\.ko needs crypto-crc32c"):
+        slim_initrd(soft)
+    with pytest.raises(InitramfsError, match="not supermin's"):
+        slim_initrd(newc_archive([regular("init", b"x", 0o755)]))
+    built = _libguestfs_cache(tmp_path, elf_kernel(pvh=True))
+    (built / "initrd").write_bytes(needs_dropped)
+    made = pvh_appliance(str(tmp_path), 0)
+    assert made is not None and (made / "kernel").read_bytes() == elf_kernel(pvh=True)
+    assert (made / "initrd").resolve() == (built / "initrd").resolve()
+
+
+def test_a_supermin_initrd_is_slimmed_in_the_fixed_appliance(tmp_path: Path) -> None:
+    built = _libguestfs_cache(tmp_path, elf_kernel(pvh=True))
+    (built / "initrd").write_bytes(supermin_initrd({"virtio_mem": "", "ext4": ""}))
+    made = pvh_appliance(str(tmp_path), 0)
+    assert made is not None and not (made / "initrd").is_symlink()
+    assert sorted(_members((made / "initrd").read_bytes())) == ["ext4.ko", "init", "modules"]
 
 
 def test_no_fixed_appliance_without_a_pvh_kernel_or_a_built_appliance(tmp_path: Path) -> None:

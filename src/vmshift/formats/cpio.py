@@ -91,8 +91,9 @@ def _field(header: bytes, start: int, end: int, base: int) -> int:
         raise CpioError("corrupt cpio header") from exc
 
 
-def read_archive(data: bytes, pos: int, out: list[CpioEntry]) -> int:
-    """Read one archive starting at pos up to its trailer; append its members; return its end."""
+def read_archive(data: bytes, pos: int, out: list[CpioEntry], keep: int = KEEP_DATA) -> int:
+    """Read one archive starting at pos up to its trailer; append its members (the contents
+    of those up to keep bytes); return its end."""
     while True:
         magic = data[pos : pos + 6]
         if magic in (b"070701", b"070702"):
@@ -123,7 +124,7 @@ def read_archive(data: bytes, pos: int, out: list[CpioEntry]) -> int:
         pos = end
         if name == TRAILER:
             return min(pos, len(data))
-        content = data[data_start : data_start + size] if size <= KEEP_DATA else None
+        content = data[data_start : data_start + size] if size <= keep else None
         out.append(CpioEntry(name.removeprefix("./").lstrip("/"), mode, content, size))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 
 MODULE_SUFFIXES = (".ko", ".ko.gz", ".ko.xz", ".ko.zst", ".ko.bz2")
@@ -56,3 +57,34 @@ def paths_by_name(deps: dict[str, list[str]]) -> dict[str, str]:
         if name is not None:
             found.setdefault(name, path)
     return found
+
+
+def modinfo(module: bytes) -> dict[str, list[str]]:
+    """The key=value strings of an uncompressed x86-64 module's .modinfo section (depends,
+    alias, license ...), each key's values in order; ValueError if it is not such a module."""
+    try:
+        if not module.startswith(b"\x7fELF\x02\x01"):
+            raise ValueError("not a 64-bit little-endian ELF file")
+        shoff = struct.unpack_from("<Q", module, 0x28)[0]
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", module, 0x3A)
+
+        def section(index: int) -> tuple[int, int, int]:
+            name, _type, _flags, _addr, offset, size = struct.unpack_from(
+                "<IIQQQQ", module, shoff + index * shentsize
+            )
+            return name, offset, size
+
+        _, names_at, names_size = section(shstrndx)
+        names = module[names_at : names_at + names_size]
+        for index in range(shnum):
+            name, offset, size = section(index)
+            if names[name : names.find(b"\0", name)] == b".modinfo":
+                info: dict[str, list[str]] = {}
+                for item in module[offset : offset + size].split(b"\0"):
+                    key, sep, value = item.decode(errors="replace").partition("=")
+                    if sep:
+                        info.setdefault(key, []).append(value)
+                return info
+    except struct.error as exc:
+        raise ValueError(f"truncated ELF file: {exc}") from exc
+    raise ValueError("no .modinfo section")
