@@ -9,12 +9,12 @@ enough) and only reads.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from vmshift.formats import netconf
 from vmshift.formats.initramfs import InitramfsError, list_initramfs
+from vmshift.formats.kmod import module_name, module_names
 from vmshift.model.inspection import (
     Bootloader,
     DriverPresence,
@@ -48,8 +48,6 @@ INITRAMFS_NAMES = (
     "/boot/initrd-{v}",  # SUSE
     "/boot/initrd-{v}.img",  # RHEL 5 and older
 )
-
-_MODULE_SUFFIX = re.compile(r"\.ko(\.gz|\.xz|\.zst|\.bz2)?$")
 
 
 def read_guest_file(g: Any, path: str, limit: int) -> bytes | None:
@@ -104,16 +102,6 @@ def _module_dir(g: Any, version: str) -> str | None:
     return None
 
 
-def _module_names(listing: str) -> set[str]:
-    """Module names (without .ko and directories) from modules.builtin or modules.dep text."""
-    names = set()
-    for line in listing.splitlines():
-        path = line.split(":", 1)[0].strip()
-        if path:
-            names.add(_MODULE_SUFFIX.sub("", path.rsplit("/", 1)[-1]))
-    return names
-
-
 def _kconfig(text: str | None) -> dict[str, str]:
     values: dict[str, str] = {}
     for line in (text or "").splitlines():
@@ -138,13 +126,12 @@ def _installed_modules(g: Any, moddir: str | None) -> set[str]:
         return set()
     dep = _read_text(g, f"{moddir}/modules.dep", limit=64 << 20)
     if dep is not None:
-        return _module_names(dep)
+        return module_names(dep)
     # No modules.dep (depmod never ran): look for the files themselves.
-    names = set()
+    found = []
     for sub in ("drivers/block", "drivers/net", "drivers/scsi", "drivers/virtio"):
-        for path in glob_paths(g, f"{moddir}/kernel/{sub}/*.ko*"):
-            names.add(_MODULE_SUFFIX.sub("", path.rsplit("/", 1)[-1]))
-    return names
+        found += glob_paths(g, f"{moddir}/kernel/{sub}/*.ko*")
+    return _names(found)
 
 
 def _initramfs_modules(g: Any, path: str) -> set[str] | None:
@@ -157,9 +144,12 @@ def _initramfs_modules(g: Any, path: str) -> set[str] | None:
     except InitramfsError as exc:
         log.info("cannot read initramfs %s: %s", path, exc)
         return None
-    return {
-        _MODULE_SUFFIX.sub("", m.rsplit("/", 1)[-1]) for m in members if _MODULE_SUFFIX.search(m)
-    }
+    return _names(members)
+
+
+def _names(paths: list[str]) -> set[str]:
+    """The module names of the module files among paths (virtio_blk for .../virtio_blk.ko.xz)."""
+    return {name for path in paths if (name := module_name(path)) is not None}
 
 
 def list_kernels(g: Any) -> tuple[LinuxKernel, ...]:
@@ -177,7 +167,7 @@ def list_kernels(g: Any) -> tuple[LinuxKernel, ...]:
 
 def _kernel(g: Any, path: str, version: str) -> LinuxKernel:
     moddir = _module_dir(g, version)
-    builtin = _module_names(_read_text(g, f"{moddir}/modules.builtin") or "") if moddir else set()
+    builtin = module_names(_read_text(g, f"{moddir}/modules.builtin") or "") if moddir else set()
     modules = _installed_modules(g, moddir)
     config = _kconfig(_read_text(g, f"/boot/config-{version}"))
     initramfs = next(
