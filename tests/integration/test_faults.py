@@ -52,7 +52,10 @@ def failing_disk(disk: Path, tmp: Path) -> Iterator[tuple[Path, Path]]:
             time.sleep(0.1)
         yield shown, trigger
     finally:
-        subprocess.run(["fusermount3", "-u", str(mnt)], check=False, capture_output=True)
+        unmount = subprocess.run(["fusermount3", "-u", str(mnt)], check=False, capture_output=True)
+        if unmount.returncode != 0:
+            # Still busy (a process left reading it): detach it, so nothing stays mounted.
+            subprocess.run(["fusermount3", "-uz", str(mnt)], check=False, capture_output=True)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=30)
         if proc.poll() is None:
@@ -80,7 +83,14 @@ def test_a_source_whose_reads_fail_ends_the_run_cleanly(
         proc = start_convert([shown], outdir, workdir)
         wait_for_stage(proc, stage)
         trigger.touch()  # from here on every read of the source fails
-        _out, err = proc.communicate(timeout=600)
+        try:
+            _out, err = proc.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            # Ended here, not by the fixture: a run still reading the disk keeps nbdfuse's
+            # mount busy, and the unmount would fail, leaving a dead FUSE mount behind.
+            proc.kill()
+            proc.communicate()
+            raise
     assert proc.returncode == 1, err
     # Not "no operating system found": the disk could not be read, and the line says which.
     line = _one_error_line(err)
