@@ -170,3 +170,6 @@ def _remove_others(base: Path, keep: str) -> None:
     for path in base.glob(PREFIX + "*"):
         if path.name != keep:
             shutil.rmtree(path, ignore_errors=True)
+
+
+__all__ = ["PREFIX", "pvh_appliance", "slim_initrd"]
