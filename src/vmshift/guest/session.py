@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # The kernel's line for a failed read or write of a disk ("I/O error, dev sda, sector 2048").
 _IO_ERROR = re.compile(r"I/O error, dev (sd[a-z]+), sector (\d+)")
+# guestfsd's link to libguestfs's drive N (the order drives were added) and its kernel name.
+_DRIVE_LINK = re.compile(r"scsi-0QEMU_QEMU_HARDDISK_hd(\d+) -> \.\./\.\./(sd[a-z]+)$", re.M)
 
 
 @dataclass(frozen=True)
@@ -120,17 +122,27 @@ class GuestSession:
         them apart."""
         try:
             kernel_log = str(self.g.debug("sh", ["dmesg"]))
+            links = str(self.g.debug("sh", ["ls -l /dev/disk/by-id"]))
         except RuntimeError as exc:
             log.debug("cannot read the appliance's kernel log: %s", exc)
             return None
-        for m in _IO_ERROR.finditer(kernel_log):
-            for disk in self.disks:
-                if disk.appliance_device == f"/dev/{m.group(1)}":
-                    return SourceError(
-                        f"{disk.label}: I/O error at sector {m.group(2)}:"
-                        " the source disk cannot be read"
-                    )
-        return None
+        return read_error(kernel_log, links, self.disks)
+
+
+def read_error(kernel_log: str, by_id: str, disks: Sequence[AttachedDisk]) -> SourceError | None:
+    """The first read error the kernel logged on one of `disks`. The kernel names disks in
+    the order its probes finish, so its sdb may be libguestfs's /dev/sda; the by-id links
+    (`ls -l /dev/disk/by-id`), named for libguestfs's drive numbers, say which is which."""
+    drives = {m.group(2): int(m.group(1)) for m in _DRIVE_LINK.finditer(by_id)}
+    for m in _IO_ERROR.finditer(kernel_log):
+        index = drives.get(m.group(1))
+        if index is not None and index < len(disks):
+            return SourceError(
+                f"{disks[index].label}: I/O error at sector {m.group(2)}:"
+                " the source disk cannot be read"
+            )
+    log.debug("no read error on the guest's disks in the appliance's kernel log")
+    return None
 
 
 def _configure(g: Any, kvm: bool, readonly: bool, fast: bool) -> Path | None:
