@@ -1,10 +1,13 @@
-"""The fast appliance start: an uncompressed PVH kernel beside libguestfs's own appliance."""
+"""The fast appliance start: an uncompressed PVH kernel beside libguestfs's own appliance, a
+slim initrd, and a root whose /init replays only the devices the appliance uses."""
 
 from __future__ import annotations
 
 import lzma
 import os
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,13 @@ from vmshift.formats.cpio import CpioEntry, newc_archive, read_archive, regular
 from vmshift.formats.initramfs import InitramfsError
 from vmshift.formats.kmod import modinfo
 from vmshift.guest import session
-from vmshift.guest.appliance import PREFIX, pvh_appliance, slim_initrd
+from vmshift.guest.appliance import (
+    PREFIX,
+    UDEV_REPLAY_USED,
+    pvh_appliance,
+    quick_init,
+    slim_initrd,
+)
 
 
 def elf_kernel(pvh: bool) -> bytes:
@@ -260,3 +269,72 @@ def test_a_fixed_appliance_the_user_chose_is_kept(
     with session.open_session([image]) as opened:
         assert opened.g.path is None
     assert FakeHandle.launches == [None]
+
+
+INIT = "#!/bin/bash\n$UDEVD --daemon #--debug\nudevadm trigger\nudevadm settle --timeout=600\n"
+
+
+def test_quick_init_narrows_only_the_replay_of_every_device() -> None:
+    quick = quick_init(INIT)
+    assert quick == INIT.replace("\nudevadm trigger\n", f"\n{UDEV_REPLAY_USED}\n")
+    assert "udevadm settle --timeout=600" in quick
+    for unexpected in (INIT.replace("udevadm trigger\n", ""), INIT + "udevadm trigger\n"):
+        with pytest.raises(ValueError, match="does not run 'udevadm trigger' once"):
+            quick_init(unexpected)
+
+
+def ext2_root(path: Path, init: str) -> None:
+    """An ext2 image as supermin makes one (mke2fs, a random UUID) holding /init."""
+    tree = path.parent / f"{path.name}.tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "init").write_text(init)
+    (tree / "init").chmod(0o755)
+    (tree / "etc" / "fstab").write_text("")
+    path.unlink(missing_ok=True)
+    subprocess.run(
+        ["/usr/sbin/mke2fs", "-q", "-t", "ext2", "-d", str(tree), str(path), "4M"], check=True
+    )
+    shutil.rmtree(tree)
+
+
+def debugfs_cat(image: Path, path: str) -> str:
+    done = subprocess.run(
+        ["/usr/sbin/debugfs", "-R", f"cat {path}", str(image)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_the_fixed_appliance_s_root_replays_only_the_devices_it_uses(tmp_path: Path) -> None:
+    built = _libguestfs_cache(tmp_path, elf_kernel(pvh=True))
+    ext2_root(built / "root", INIT)
+    original = (built / "root").read_bytes()
+    made = pvh_appliance(str(tmp_path), 0)
+    assert made is not None
+    copy = made / "root"
+    assert copy.is_file() and not copy.is_symlink()
+    assert debugfs_cat(copy, "/init") == quick_init(INIT)
+    stat = subprocess.run(
+        ["/usr/sbin/debugfs", "-R", "stat /init", str(copy)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "Mode:  0755" in stat
+    subprocess.run(["/usr/sbin/e2fsck", "-fn", str(copy)], capture_output=True, check=True)
+    assert (built / "root").read_bytes() == original, "libguestfs's root was changed"
+    assert sorted(p.name for p in made.iterdir()) == ["README.fixed", "initrd", "kernel", "root"]
+    # supermin rebuilt its root (mke2fs: a new UUID) with the same kernel and initrd.
+    ext2_root(built / "root", INIT)
+    again = pvh_appliance(str(tmp_path), 0)
+    assert again is not None and again != made and not made.exists()
+
+
+def test_a_root_whose_init_is_not_as_expected_is_linked(tmp_path: Path) -> None:
+    built = _libguestfs_cache(tmp_path, elf_kernel(pvh=True))
+    ext2_root(built / "root", INIT.replace("udevadm trigger\n", "udevadm trigger --action=add\n"))
+    made = pvh_appliance(str(tmp_path), 0)
+    assert made is not None
+    assert (made / "root").is_symlink() and (made / "root").resolve() == built / "root"
