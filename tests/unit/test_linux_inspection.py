@@ -331,7 +331,7 @@ def test_a_failing_appliance_call_is_left_to_inspect_os(caplog: Any) -> None:
     devices: dict[str, tuple[dict[str, str], FakeG | None]] = {
         "/dev/sda1": ({"TYPE": "ext4"}, Failing(DEBIAN_ROOT))
     }
-    assert "appliance closed the connection: asking" in declined(devices, caplog)
+    assert "declined: is_dir: appliance closed the connection" in declined(devices, caplog)
 
 
 def rpm_header(name: str, version: str, release: str, epoch: int | None = None) -> bytes:

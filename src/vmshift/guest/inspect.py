@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from vmshift.blockio.imageinfo import probe_image
 from vmshift.errors import InspectionError, NoOperatingSystemError
-from vmshift.guest import foreign, linux_facts, linux_inspection, windows_facts
-from vmshift.guest.linux_inspection import RootFacts
+from vmshift.guest import foreign, linux_facts, linux_inspection, windows_facts, windows_inspection
 from vmshift.guest.luks import AskKey, LuksKey, unlock_volumes
 from vmshift.guest.probes import Probes, blkid_tags, try_call
+from vmshift.guest.registry import Hive
+from vmshift.guest.root_facts import RootFacts, WindowsRegistry
 from vmshift.guest.session import GuestSession, open_session
 from vmshift.model.inspection import (
     Application,
@@ -37,7 +39,7 @@ ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 IDENTITY = tuple(
     f.name
     for f in dataclasses.fields(RootFacts)
-    if f.name not in ("mountpoints", "filesystems", "inspect_os")
+    if f.name not in ("mountpoints", "filesystems", "inspect_os", "windows")
 )
 
 
@@ -59,30 +61,40 @@ def inspect_images(
 
 def inspect_session(session: GuestSession) -> tuple[OperatingSystem, ...]:
     """Every OS on the session's disks. A plain Debian- or RHEL-family guest is inspected by
-    linux_inspection (seconds faster under TCG); any other by libguestfs's inspect_os."""
+    linux_inspection, a plain Windows guest by windows_inspection (seconds faster under TCG);
+    any other by libguestfs's inspect_os."""
     g = session.g
     probes = session.probes
-    own = linux_inspection.inspect_linux(g, probes)
-    if own is not None:
-        return (_inspect_root(session, own, probes),)
-    # A source whose reads began to fail is not handed to inspect_os: on a half-read disk it
-    # crawls through failing reads for minutes before it gives up.
-    if (unreadable := session.unreadable()) is not None:
-        raise unreadable
-    try:
-        roots = sorted(g.inspect_os())
-    except RuntimeError as exc:
-        raise session.unreadable() or InspectionError(f"inspection failed: {exc}") from exc
-    if not roots:
-        raise session.unreadable() or _no_os_error(session)
-    return tuple(_inspect_root(session, _libguestfs_facts(g, root), probes) for root in roots)
+    # Windows hives, downloaded once for all of inspection.
+    with tempfile.TemporaryDirectory(prefix="vmshift-hives-", dir=session.scratch) as tmp:
+        hives = Path(tmp)
+        own = linux_inspection.inspect_linux(g, probes) or windows_inspection.inspect_windows(
+            g, probes, hives
+        )
+        if own is not None:
+            return (_inspect_root(session, own, probes, hives),)
+        # A source whose reads began to fail is not handed to inspect_os: on a half-read disk
+        # it crawls through failing reads for minutes before it gives up.
+        if (unreadable := session.unreadable()) is not None:
+            raise unreadable
+        log.info("inspection: asking libguestfs's inspect_os")
+        try:
+            roots = sorted(g.inspect_os())
+        except RuntimeError as exc:
+            raise session.unreadable() or InspectionError(f"inspection failed: {exc}") from exc
+        if not roots:
+            raise session.unreadable() or _no_os_error(session)
+        return tuple(
+            _inspect_root(session, _libguestfs_facts(g, root), probes, hives) for root in roots
+        )
 
 
 def _libguestfs_facts(g: Any, root: str) -> RootFacts:
     """What inspect_os found of one root."""
+    kind = g.inspect_get_type(root)
     return RootFacts(
         root=root,
-        type=g.inspect_get_type(root),
+        type=kind,
         distro=g.inspect_get_distro(root),
         product_name=g.inspect_get_product_name(root),
         product_variant=g.inspect_get_product_variant(root),
@@ -95,7 +107,22 @@ def _libguestfs_facts(g: Any, root: str) -> RootFacts:
         osinfo=g.inspect_get_osinfo(root),
         mountpoints=dict(g.inspect_get_mountpoints(root)),
         filesystems=tuple(g.inspect_get_filesystems(root)),
+        windows=_libguestfs_registry(g, root) if kind == "windows" else None,
     )
+
+
+def _libguestfs_registry(g: Any, root: str) -> WindowsRegistry | None:
+    """Where inspect_os found a Windows root's registry; None where it could not tell."""
+    try:
+        return WindowsRegistry(
+            systemroot=g.inspect_get_windows_systemroot(root),
+            current_control_set=g.inspect_get_windows_current_control_set(root),
+            system_hive=g.inspect_get_windows_system_hive(root),
+            software_hive=g.inspect_get_windows_software_hive(root),
+        )
+    except RuntimeError as exc:
+        log.info("%s: no registry to read: %s", root, exc)
+        return None
 
 
 def _no_os_error(session: GuestSession) -> NoOperatingSystemError:
@@ -167,7 +194,10 @@ def _identity(g: Any, dev: str, probes: Probes) -> tuple[str | None, str | None,
     return try_call(g.vfs_type, dev), try_call(g.vfs_label, dev), try_call(g.vfs_uuid, dev)
 
 
-def _applications(g: Any, facts: RootFacts) -> tuple[Application, ...]:
+def _applications(g: Any, facts: RootFacts, hives: Path) -> tuple[Application, ...]:
+    if not facts.inspect_os and facts.windows is not None:
+        copy = windows_facts.hive_copy(g, facts.root, facts.windows.software_hive, hives)
+        return () if copy is None else windows_inspection.applications(Hive(copy))
     if not facts.inspect_os:
         own = linux_inspection.applications(g, facts.package_format)
         if own is None:
@@ -227,7 +257,11 @@ def _partition_table(g: Any, disk: str, probes: Probes) -> str | None:
     return result
 
 
-def _inspect_root(session: GuestSession, facts: RootFacts, probes: Probes) -> OperatingSystem:
+def _inspect_root(
+    session: GuestSession, facts: RootFacts, probes: Probes, hives: Path
+) -> OperatingSystem:
+    """The OperatingSystem record of one root; Windows hives are read from copies in
+    `hives`."""
     g = session.g
     root, os_type = facts.root, facts.type
     log.info("inspecting %s (%s)", root, os_type)
@@ -239,7 +273,7 @@ def _inspect_root(session: GuestSession, facts: RootFacts, probes: Probes) -> Op
         if any(dev.startswith("/dev/mapper/") or dev.count("/") > 2 for dev in fs_devices):
             fs_devices += list(try_call(g.pvs) or [])
         firmware = firmware_of(g, fs_devices, probes)
-        applications = _applications(g, facts)
+        applications = _applications(g, facts, hives)
         linux: LinuxDetails | None = None
         windows: WindowsDetails | None = None
         foreign_sw: list[ForeignSoftware] = []
@@ -252,9 +286,11 @@ def _inspect_root(session: GuestSession, facts: RootFacts, probes: Probes) -> Op
             foreign_sw += foreign.linux_from_packages(applications)
             foreign_sw += linux_facts.foreign_files(g, foreign.LINUX_FILES)
         elif os_type == "windows":
-            windows, services = windows_facts.windows_details(
-                g, root, facts.product_name, session.scratch
-            )
+            services: list[str] = []
+            if facts.windows is not None:
+                windows, services = windows_facts.windows_details(
+                    g, root, facts.windows, facts.product_name, hives
+                )
             foreign_sw += foreign.windows_from_apps(applications)
             foreign_sw += foreign.windows_from_services(services)
         return OperatingSystem(

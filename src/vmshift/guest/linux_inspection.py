@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import re
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +55,15 @@ from vmshift.formats.release_files import (
 )
 from vmshift.formats.rpmdb import RpmdbError, rpm_packages
 from vmshift.guest.linux_facts import read_guest_file
-from vmshift.guest.probes import Probes, blkid_tags, listed, plain_devices, try_call
+from vmshift.guest.probes import (
+    Probes,
+    blkid_tags,
+    each_mounted,
+    listed,
+    plain_devices,
+    try_call,
+)
+from vmshift.guest.root_facts import RootFacts
 from vmshift.model.inspection import Application
 
 log = logging.getLogger(__name__)
@@ -85,27 +94,6 @@ _OTHER_RPMDBS = ("/var/lib/rpm/Packages", "/var/lib/rpm/Packages.db")
 
 
 @dataclass(frozen=True)
-class RootFacts:
-    """What libguestfs's inspect_get_* calls answer for one root."""
-
-    root: str
-    type: str
-    distro: str
-    product_name: str
-    product_variant: str
-    major_version: int
-    minor_version: int
-    arch: str
-    hostname: str
-    package_format: str
-    package_manager: str
-    osinfo: str
-    mountpoints: dict[str, str]
-    filesystems: tuple[str, ...]
-    inspect_os: bool = True  # False: found here, so libguestfs's handle knows nothing of it
-
-
-@dataclass(frozen=True)
 class _Devices:
     disks: list[str]  # list_devices: the guest's disks in order
     partitions: set[str]
@@ -118,7 +106,7 @@ def inspect_linux(g: Any, probes: Probes) -> RootFacts | None:
     try:
         return _inspect(g, probes)  # each filesystem is unmounted once looked at
     except (Unsure, RuntimeError) as exc:  # RuntimeError: an appliance call failed
-        log.info("inspection: %s: asking libguestfs's inspect_os", exc)
+        log.info("Linux inspection declined: %s", exc)
         return None
 
 
@@ -140,20 +128,13 @@ def _inspect(g: Any, probes: Probes) -> RootFacts:
     roots: list[RootFacts] = []
     # Logical volumes, then partitions from the last: the root is usually there, and /boot or
     # an ESP first, so another distro is declined after mounting only its root.
-    for dev, kind in reversed(found):
-        if kind == "swap":
-            continue
-        try:
-            g.mount_ro(dev, "/")
-        except RuntimeError:
-            continue  # inspect_os passes over what it cannot mount, too
-        try:
+    candidates = [dev for dev, kind in reversed(found) if kind != "swap"]
+    with closing(each_mounted(g, candidates)) as mounted:
+        for dev in mounted:
             if _is_linux_root(g, dev):
                 if roots:
                     raise Unsure(f"two Linux roots, {roots[0].root} and {dev}")
                 roots.append(_root(g, dev, devices, probes))
-        finally:
-            g.umount_all()
     if not roots:
         raise Unsure("no Linux root found")
     return roots[0]

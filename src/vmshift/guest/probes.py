@@ -8,7 +8,7 @@ fstrim all walk the same devices, so they share these helpers and, within inspec
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 # What blkid said of each device: a filesystem's TYPE, LABEL and UUID, a partition's
@@ -43,3 +43,18 @@ def plain_devices(g: Any) -> list[str]:
     partitions = listed(g.list_partitions)
     whole = [d for d in listed(g.list_devices) if not any(p.startswith(d) for p in partitions)]
     return [*partitions, *whole]
+
+
+def each_mounted(g: Any, devices: Iterable[str]) -> Generator[str, None, None]:
+    """Each of `devices` that mounts, mounted read-only at / while the caller looks at it and
+    unmounted before the next (what cannot be mounted is passed over, as inspect_os does).
+    Use it under contextlib.closing, so that a caller that stops early unmounts too."""
+    for dev in devices:
+        try:
+            g.mount_ro(dev, "/")
+        except RuntimeError:
+            continue
+        try:
+            yield dev
+        finally:
+            g.umount_all()

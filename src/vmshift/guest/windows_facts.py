@@ -1,17 +1,17 @@
 """Facts about an inspected Windows guest read from its registry and system volume.
 
-The hives are downloaded from the appliance into a private temporary directory and parsed by
-hivex; the guest's system volume must be mounted (read-only is enough) at /.
+The hives are downloaded from the appliance into inspection's temporary directory and parsed
+by hivex; the guest's system volume must be mounted (read-only is enough) at /.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from vmshift.guest.registry import Hive
+from vmshift.guest.root_facts import WindowsRegistry
 from vmshift.model.inspection import WindowsDetails, WindowsDriver
 
 log = logging.getLogger(__name__)
@@ -34,14 +34,19 @@ def _case_path(g: Any, path: str) -> str | None:
         return None
 
 
-def _download_hive(g: Any, guest_path: str, tmp: Path) -> Hive | None:
-    local = tmp / guest_path.rsplit("/", 1)[-1]
+def hive_copy(g: Any, dev: str, guest_path: str, directory: Path) -> Path | None:
+    """A local copy of a hive of the root on `dev` (mounted at /), downloaded into
+    `directory` the first time it is asked for; None when it cannot be downloaded."""
+    local = directory / f"{dev}{guest_path}".strip("/").replace("/", "_")
+    if local.exists():
+        return local
     try:
         g.download(guest_path, str(local))
     except RuntimeError as exc:
         log.info("cannot download %s: %s", guest_path, exc)
+        local.unlink(missing_ok=True)
         return None
-    return Hive(local)
+    return local
 
 
 def _driver_file(systemroot: str, image_path: str, name: str) -> str:
@@ -107,31 +112,29 @@ def is_hibernated(g: Any) -> bool:
 
 
 def windows_details(
-    g: Any, root: str, product_name: str, scratch: Path | None = None
+    g: Any, root: str, registry: WindowsRegistry, product_name: str, hives: Path
 ) -> tuple[WindowsDetails | None, list[str]]:
     """Windows facts for root (mounted at /) and the names of all services, for foreign tools.
-    The hives are read from copies in a temporary directory under scratch ($TMPDIR if None)."""
-    systemroot: str = g.inspect_get_windows_systemroot(root)
-    ccs: str = g.inspect_get_windows_current_control_set(root)
-    with tempfile.TemporaryDirectory(prefix="vmshift-hives-", dir=scratch) as tmpdir:
-        tmp = Path(tmpdir)
-        system = _download_hive(g, g.inspect_get_windows_system_hive(root), tmp)
-        software = _download_hive(g, g.inspect_get_windows_software_hive(root), tmp)
-        if system is None or software is None:
-            return None, []
-        build = (
-            software.get_str(CURRENT_VERSION, "CurrentBuildNumber")
-            or software.get_str(CURRENT_VERSION, "CurrentBuild")
-            or ""
-        )
-        power = system.get_int(rf"{ccs}\Control\Session Manager\Power", "HiberbootEnabled")
-        details = WindowsDetails(
-            systemroot=systemroot,
-            product_name=product_name,
-            build=build,
-            current_control_set=ccs,
-            boot_drivers=boot_drivers(g, system, ccs, systemroot),
-            hibernated=is_hibernated(g),
-            fast_startup=power == 1,
-        )
-        return details, service_names(system, ccs)
+    The hives are read from copies in `hives` (see hive_copy)."""
+    system_copy = hive_copy(g, root, registry.system_hive, hives)
+    software_copy = hive_copy(g, root, registry.software_hive, hives)
+    if system_copy is None or software_copy is None:
+        return None, []
+    system, software = Hive(system_copy), Hive(software_copy)
+    ccs, systemroot = registry.current_control_set, registry.systemroot
+    build = (
+        software.get_str(CURRENT_VERSION, "CurrentBuildNumber")
+        or software.get_str(CURRENT_VERSION, "CurrentBuild")
+        or ""
+    )
+    power = system.get_int(rf"{ccs}\Control\Session Manager\Power", "HiberbootEnabled")
+    details = WindowsDetails(
+        systemroot=systemroot,
+        product_name=product_name,
+        build=build,
+        current_control_set=ccs,
+        boot_drivers=boot_drivers(g, system, ccs, systemroot),
+        hibernated=is_hibernated(g),
+        fast_startup=power == 1,
+    )
+    return details, service_names(system, ccs)
