@@ -23,7 +23,8 @@ from tests.guests.manifest import BuiltGuest
 from tests.integration.convert_runs import convert_argv
 from tests.integration.libvirt_fixture import PrivateLibvirtd, dir_pool, private_libvirtd
 from tests.integration.test_output_locks import dead_owner, killed_in_finalize, names
-from tests.integration.test_targets import CAPS, LINUX, MIB, fake_copy, make_vm, validates
+from tests.integration.test_targets import CAPS, MIB, fake_copy, make_vm, validates
+from tests.os_samples import LINUX
 from vmshift.errors import TargetError
 from vmshift.model.vm import SourceVM
 from vmshift.process import Owner

@@ -22,7 +22,8 @@ import pytest
 from tests.conftest import vmshift
 from tests.export_domain import FakeDomain, make_export_domain
 from tests.integration.libvirt_fixture import PrivateLibvirtd, dir_pool, private_libvirtd
-from tests.integration.test_targets import CAPS, LINUX, MIB, fake_copy, make_vm
+from tests.integration.test_targets import CAPS, MIB, fake_copy, make_vm
+from tests.os_samples import LINUX
 from vmshift.blockio.progress import Event, WarningEvent
 from vmshift.errors import DiskImageError, TargetError
 from vmshift.fsops import rename_noreplace
@@ -43,7 +44,8 @@ REPO = Path(__file__).parents[2]
 # as it drops its lock ("release").
 CHILD = """
 import json, os, signal, sys, time
-from tests.integration.test_targets import CAPS, LINUX, MIB, fake_copy, make_vm
+from tests.integration.test_targets import CAPS, MIB, fake_copy, make_vm
+from tests.os_samples import LINUX
 from vmshift import fsops
 from vmshift.targets.base import TargetOptions
 from vmshift.targets.libvirt import LibvirtTarget

@@ -25,7 +25,8 @@ import pytest
 from tests.conftest import vmshift
 from tests.guests.manifest import BuiltGuest
 from tests.integration.convert_runs import convert_argv, start_convert, users_of, wait_for_stage
-from tests.integration.test_targets import CAPS, LINUX
+from tests.integration.test_targets import CAPS
+from tests.os_samples import LINUX
 from vmshift import resume
 from vmshift.blockio import windows
 from vmshift.blockio.copier import CopyJob, copy_disks

@@ -16,7 +16,8 @@ from lxml import etree
 from tests.export_domain import FakeDomain, make_export_domain, read_meta
 from tests.integration.test_convert_bad_input import make_vm as make_source_vm
 from tests.integration.test_convert_bad_input import refused
-from tests.integration.test_targets import CAPS, LINUX, MIB, NETWORKS, fake_copy, make_vm
+from tests.integration.test_targets import CAPS, MIB, NETWORKS, fake_copy, make_vm
+from tests.os_samples import LINUX
 from vmshift.errors import TargetError
 from vmshift.model.vm import Firmware
 from vmshift.targets.base import NetworkMap, TargetOptions

@@ -19,7 +19,8 @@ from lxml import etree
 from tests.conftest import vmshift
 from tests.export_domain import FakeDomain, make_export_domain
 from tests.integration.test_rhv_target import VDSM
-from tests.integration.test_targets import CAPS, LINUX, MIB, NETWORKS, fake_copy, make_vm
+from tests.integration.test_targets import CAPS, MIB, NETWORKS, fake_copy, make_vm
+from tests.os_samples import LINUX
 from vmshift.errors import TargetError
 from vmshift.formats.ovirt_ovf import (
     BiosType,

@@ -21,7 +21,8 @@ from lxml import etree
 
 from tests.export_domain import make_export_domain
 from tests.integration.libvirt_fixture import PrivateLibvirtd, dir_pool, private_libvirtd
-from tests.integration.test_targets import LINUX, MIB, NETWORKS, fake_copy, make_vm, validates
+from tests.integration.test_targets import MIB, NETWORKS, fake_copy, make_vm, validates
+from tests.os_samples import LINUX
 from vmshift.formats.libvirt_domain import parse_domain
 from vmshift.formats.libvirt_xml import domain_xml
 from vmshift.model.caps import GuestCaps

@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 from tests.integration.libvirt_fixture import PrivateLibvirtd, dir_pool, private_libvirtd
+from tests.os_samples import LINUX
 from vmshift.errors import DiskImageError, SourceError, TargetError
 from vmshift.formats.libvirt_domain import parse_domain
 from vmshift.formats.libvirt_xml import domain_xml
 from vmshift.model.caps import GuestCaps
-from vmshift.model.inspection import Bootloader, LinuxDetails, OperatingSystem
 from vmshift.model.vm import (
     Controller,
     CpuTopology,
@@ -83,29 +83,6 @@ CAPS = GuestCaps(
 )
 UEFI_CAPS = GuestCaps("sata", "e1000", "vga", "q35", Firmware.UEFI, "x86_64")
 
-LINUX = OperatingSystem(
-    root="/dev/sda1",
-    type="linux",
-    distro="debian",
-    product_name="Debian 12",
-    product_variant="",
-    major_version=12,
-    minor_version=0,
-    arch="x86_64",
-    hostname="g",
-    package_format="deb",
-    package_manager="apt",
-    osinfo="debian12",
-    firmware="bios",
-    mountpoints={"/": "/dev/sda1"},
-    filesystems=(),
-    applications=(),
-    foreign_software=(),
-    linux=LinuxDetails(
-        kernels=(), bootloader=Bootloader("grub2", "bios", None), network_configs=()
-    ),
-)
-
 
 def fake_copy(out: OutputDisk) -> None:
     """What a copier leaves behind: a file of the asked format and size, with some data."""
@@ -119,6 +96,12 @@ def fake_copy(out: OutputDisk) -> None:
     with out.path.open("wb") as f:
         f.truncate(out.virtual_size)
         f.write(b"vmshift test data")
+
+
+def kvm_works_here() -> bool:
+    """Whether this host can run KVM guests: /dev/kvm opens and the CPU can virtualise."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().split()
+    return os.access("/dev/kvm", os.W_OK) and ("vmx" in cpuinfo or "svm" in cpuinfo)
 
 
 def validates(path: Path) -> bool:
@@ -313,8 +296,7 @@ def test_qemu_script(tmp_path: Path) -> None:
     assert "virtio-blk-pci,drive=disk0,bootindex=1" in args
     assert "virtio-net-pci,netdev=net0,mac=00:50:56:aa:00:01" in args
     # The script picks its accelerator where it runs: KVM only where the CPU can use it.
-    cpuinfo = Path("/proc/cpuinfo").read_text().split()
-    kvm = os.access("/dev/kvm", os.W_OK) and ("vmx" in cpuinfo or "svm" in cpuinfo)
+    kvm = kvm_works_here()
     assert args[args.index("-machine") + 1] == "q35,accel=" + ("kvm" if kvm else "tcg")
     assert args[args.index("-cpu") + 1] == ("host" if kvm else "max")
     assert args[args.index("-serial") + 1] == "stdio"
@@ -496,7 +478,9 @@ def test_libvirt_target_defines_the_guest(
         dom = conn.lookupByName("conv1")
         assert not dom.isActive()
         parsed = parse_domain(dom.XMLDesc(0), "defined")
-        assert parsed.domain_type in ("qemu", "kvm")
+        # The pool's libvirtd runs here: kvm where KVM works here and that libvirtd offers it.
+        offered = "<domain type='kvm'" in conn.getCapabilities()
+        assert parsed.domain_type == ("kvm" if kvm_works_here() and offered else "qemu")
         assert [(d.path, d.format, d.bus) for d in parsed.disks if d.device == "disk"] == [
             (str(pool_dir / "conv1-sda"), "raw", "virtio"),
             (str(pool_dir / "conv1-sdb"), "raw", "virtio"),

@@ -20,7 +20,8 @@ from lxml import etree
 from tests.conftest import vmshift
 from tests.integration.convert_runs import users_of
 from tests.integration.libvirt_fixture import PrivateLibvirtd, private_libvirtd
-from tests.integration.test_targets import CAPS, LINUX, MIB, NETWORKS, fake_copy, make_vm
+from tests.integration.test_targets import CAPS, MIB, NETWORKS, fake_copy, make_vm
+from tests.os_samples import LINUX
 from vmshift.formats.libvirt_xml import domain_xml
 from vmshift.model.vm import Firmware, Nic
 from vmshift.targets.base import TargetOptions

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_targets import LINUX
+from tests.os_samples import LINUX
 from vmshift.model.inspection import (
     Bootloader,
     DriverPresence,
