@@ -338,3 +338,17 @@ def test_a_root_whose_init_is_not_as_expected_is_linked(tmp_path: Path) -> None:
     made = pvh_appliance(str(tmp_path), 0)
     assert made is not None
     assert (made / "root").is_symlink() and (made / "root").resolve() == built / "root"
+
+
+def test_a_debugfs_that_hangs_leaves_the_root_linked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = _libguestfs_cache(tmp_path, elf_kernel(pvh=True))
+    ext2_root(built / "root", INIT)
+
+    def hangs(argv: list[str], **kwargs: Any) -> Any:
+        raise subprocess.TimeoutExpired(argv, kwargs.get("timeout") or 0)
+
+    monkeypatch.setattr(subprocess, "run", hangs)
+    made = pvh_appliance(str(tmp_path), 0)
+    assert made is not None and (made / "root").is_symlink()

@@ -209,9 +209,12 @@ def _debugfs(image: Path, *args: str) -> str:
     tool = next((t for t in _DEBUGFS if Path(t).is_file()), None) or shutil.which("debugfs")
     if tool is None:
         raise OSError("no debugfs (e2fsprogs) to edit the appliance's root")
-    done = subprocess.run(
-        [tool, *args, str(image)], capture_output=True, text=True, check=False, timeout=120
-    )
+    try:
+        done = subprocess.run(
+            [tool, *args, str(image)], capture_output=True, text=True, check=False, timeout=120
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise OSError(f"debugfs {' '.join(args)} did not finish in {exc.timeout} s") from exc
     if done.returncode != 0:
         raise OSError(f"debugfs {' '.join(args)}: {done.stderr.strip()[-300:]}")
     return done.stdout
