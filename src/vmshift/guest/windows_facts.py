@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from vmshift.guest.probes import try_call
 from vmshift.guest.registry import Hive
 from vmshift.guest.root_facts import WindowsRegistry
 from vmshift.model.inspection import WindowsDetails, WindowsDriver
@@ -25,13 +26,11 @@ HIBERNATION_SIGNATURES = {b"hibr", b"HIBR", b"wake", b"WAKE"}
 CURRENT_VERSION = r"Microsoft\Windows NT\CurrentVersion"
 
 
-def _case_path(g: Any, path: str) -> str | None:
-    """The real path of a file on a case-insensitive NTFS volume, or None if absent."""
-    try:
-        real: str = g.case_sensitive_path(path)
-        return real if g.exists(real) else None
-    except RuntimeError:
-        return None
+def case_path(g: Any, path: str, test: Any = None) -> str | None:
+    """The real path of `path` on a case-insensitive NTFS volume when `test` (g.exists by
+    default; g.is_dir, g.is_file) holds for it, else None."""
+    real = try_call(g.case_sensitive_path, path)
+    return str(real) if real and try_call(test or g.exists, real) else None
 
 
 def hive_copy(g: Any, dev: str, guest_path: str, directory: Path) -> Path | None:
@@ -87,7 +86,7 @@ def boot_drivers(g: Any, system: Hive, ccs: str, systemroot: str) -> tuple[Windo
                 name=name,
                 group=group if isinstance(group, str) else "",
                 image_path=image_path,
-                file_present=_case_path(g, file_path) is not None,
+                file_present=case_path(g, file_path) is not None,
             )
         )
     return tuple(sorted(drivers, key=lambda d: d.name.lower()))
@@ -99,7 +98,7 @@ def service_names(system: Hive, ccs: str) -> list[str]:
 
 
 def is_hibernated(g: Any) -> bool:
-    path = _case_path(g, "/hiberfil.sys")
+    path = case_path(g, "/hiberfil.sys")
     if path is None:
         return False
     try:

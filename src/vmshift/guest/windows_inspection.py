@@ -50,7 +50,7 @@ from vmshift.guest.probes import (
 )
 from vmshift.guest.registry import ExpandSz, Hive, RegData, plain
 from vmshift.guest.root_facts import RootFacts, WindowsRegistry
-from vmshift.guest.windows_facts import CURRENT_VERSION, hive_copy
+from vmshift.guest.windows_facts import CURRENT_VERSION, case_path, hive_copy
 from vmshift.model.inspection import Application
 
 log = logging.getLogger(__name__)
@@ -137,17 +137,11 @@ def _systemroot(g: Any, dev: str) -> str | None:
     return None
 
 
-def _exists_nocase(g: Any, path: str, test: Any) -> str | None:
-    """The real path of `path` (any case) when `test` (is_dir, is_file) holds for it."""
-    real = try_call(g.case_sensitive_path, path)
-    return str(real) if real and try_call(test, real) else None
-
-
 def _is_systemroot(g: Any, path: str) -> bool:
     return bool(
-        _exists_nocase(g, f"{path}/system32", g.is_dir)
-        and _exists_nocase(g, f"{path}/system32/config", g.is_dir)
-        and _exists_nocase(g, f"{path}/system32/cmd.exe", g.is_file)
+        case_path(g, f"{path}/system32", g.is_dir)
+        and case_path(g, f"{path}/system32/config", g.is_dir)
+        and case_path(g, f"{path}/system32/cmd.exe", g.is_file)
     )
 
 
@@ -156,8 +150,8 @@ def _root(g: Any, dev: str, systemroot: str, hives: Path) -> RootFacts:
     arch = pe_arch(bytes(g.pread(cmd, HEADER_BYTES, 0)))
     if arch is None:
         raise Unsure(f"{cmd}: not an i386 or x86_64 executable")
-    software_path = _exists_nocase(g, f"{systemroot}/system32/config/software", g.is_file)
-    system_path = _exists_nocase(g, f"{systemroot}/system32/config/system", g.is_file)
+    software_path = case_path(g, f"{systemroot}/system32/config/software", g.is_file)
+    system_path = case_path(g, f"{systemroot}/system32/config/system", g.is_file)
     if software_path is None or system_path is None:
         raise Unsure(f"{dev}: a registry hive is missing from {systemroot}/System32/config")
     software = _hive(g, dev, software_path, hives)
