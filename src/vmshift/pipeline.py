@@ -194,28 +194,16 @@ def run_conversion(
                 result = _resume_copy(kept, target, opts, sink, remote=remote)
             else:
                 result = _convert_and_copy(vm, target, source, workdir, opts, sink=sink)
-        except KeyboardInterrupt as exc:
-            keep = resume.keep_outputs(workdir, target)
-            if keep:
-                raise resume.KeptForResume(workdir) from exc
-            target.abort()
-            raise
-        except Exception as exc:
+        except BaseException as exc:
             # A remote source that stopped answering makes the appliance or the copy fail in
             # its own words (I/O errors, "no operating system"): say what really happened.
             # In the copy, that keeps it for a resume as a signal does.
-            lost = source.lost() if isinstance(source, RemoteSource) else None
-            signalled = opts.interrupted()
-            keep = (signalled or lost is not None) and resume.keep_outputs(workdir, target)
-            if keep:
-                raise resume.kept(workdir, None if signalled else lost) from exc
-            target.abort()
-            if lost is not None:
-                raise lost from exc
-            raise
-        except BaseException:
-            target.abort()
-            raise
+            lost = source.lost if isinstance(source, RemoteSource) else lambda: None
+            error = resume.settle(exc, workdir, target, lost, opts.interrupted)
+            keep = isinstance(error, (resume.KeptForResume, resume.KeptSourceError))
+            if error is exc:
+                raise
+            raise error from exc
         # The output is complete from here: a guest that does not boot fails the run, but
         # its output stays for the user to look at. Said as a stage of its own, so that whoever
         # reads the run's lines (a plan's runner) knows the guest is made even if the run is
@@ -229,10 +217,12 @@ def run_conversion(
                 raise BootCheckInterrupted(result.target.description) from exc
             result = dataclasses.replace(result, boot=verdict)
     finally:
-        source.close()
-        if not keep:
-            resume.forget(workdir)
-            shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            source.close()
+        finally:  # a signal that comes while the source closes must not leave the state
+            if not keep:
+                resume.forget(workdir)
+                shutil.rmtree(workdir, ignore_errors=True)
     if isinstance(source, RemoteSource):
         result = dataclasses.replace(result, fetched=source.fetched())
         for label, size in result.fetched.items():

@@ -49,7 +49,7 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,7 +62,7 @@ from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import SourceVM
 from vmshift.process import Owner
 from vmshift.sources.base import ReopenableSource, Source
-from vmshift.targets.base import OutputDisk
+from vmshift.targets.base import OutputDisk, Target
 from vmshift.targets.output_lock import CLAIM_SUFFIX, claim
 from vmshift.workdir import OWNER, PREFIX, RESUMABLE
 
@@ -120,7 +120,7 @@ def source_files(files: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
 
 
 def save(state: ResumeState) -> None:
-    """Write the state (facts first, the json last and atomically), then claim the outputs."""
+    """Claim the outputs and write the state (facts first, the json last and atomically)."""
     workdir = state.workdir
     with (workdir / FACTS).open("wb") as f:
         pickle.dump((state.vm, state.os, state.caps, state.overlays, state.outputs), f)
@@ -140,9 +140,11 @@ def save(state: ResumeState) -> None:
         json.dump(doc, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
-    Path(tmp).replace(workdir / RESUMABLE)
+    # The claims first: a claim counts once its state exists, and a state whose outputs are
+    # not claimed yet would leave them to the leftover check if the run stopped in between.
     for out in state.outputs:
         claim(out.path, workdir / RESUMABLE)
+    Path(tmp).replace(workdir / RESUMABLE)
     with contextlib.suppress(OSError):  # the directory entry of the rename made durable
         dfd = os.open(workdir, os.O_RDONLY)
         try:
@@ -303,20 +305,46 @@ def reopen(state: ResumeState, source: Source) -> SourceVM:
     return state.vm
 
 
-def keep_outputs(workdir: Path, target: object) -> bool:
-    """The copy was interrupted (a signal, a lost source): if a resume state was written, the
-    target keeps its temporary outputs; True if the state is kept."""
-    keep = getattr(target, "keep_for_resume", None)
-    if keep is None or not (workdir / RESUMABLE).exists():
-        return False
-    keep()
-    return True
+def settle(
+    exc: BaseException,
+    workdir: Path,
+    target: Target,
+    lost: Callable[[], SourceError | None],
+    interrupted: Callable[[], bool],
+) -> BaseException:
+    """A run whose conversion or copy raised exc: keep its copy for a --resume, or have the
+    target remove what it wrote; return what the run raises (KeptForResume, KeptSourceError,
+    the source's loss, or exc itself).
 
+    The copy is kept when a signal interrupted it (exc a KeyboardInterrupt, or interrupted())
+    or the remote source was lost in it (lost()), and its resume state was written.
 
-def kept(workdir: Path, lost: SourceError | None) -> BaseException:
-    """What an interrupted copy whose state is kept raises: KeptForResume for a signal, or
-    KeptSourceError when the source was lost (and no signal came)."""
-    return KeptSourceError(lost, workdir) if lost is not None else KeptForResume(workdir)
+    The CLI turns the first signal into a KeyboardInterrupt raised wherever the main thread
+    is, so it may come while this runs: a link that drops fails the copy, and the SIGHUP
+    follows. Coming while the ending is decided, it is decided again as an interrupted run;
+    coming while the target keeps or removes, that is done again to its end. An ending left
+    half done would leave a temporary output with neither a claim nor a run behind it."""
+    while True:
+        try:
+            signalled = isinstance(exc, KeyboardInterrupt) or interrupted()
+            gone = lost() if isinstance(exc, Exception) else None
+            keeper = getattr(target, "keep_for_resume", None)
+            kept = (signalled or gone is not None) and (workdir / RESUMABLE).exists()
+            keep: Callable[[], None] | None = keeper if kept else None
+            break
+        except KeyboardInterrupt as signal_exc:
+            exc = signal_exc
+    while True:
+        try:
+            (keep or target.abort)()
+            break
+        except KeyboardInterrupt:
+            continue  # both are safe to do again: what is done already is skipped
+    if keep is None:
+        return gone if gone is not None else exc
+    if signalled or gone is None:
+        return KeptForResume(workdir)
+    return KeptSourceError(gone, workdir)
 
 
 def kept_state(parent: Path | None, key: str, wanted: bool, sink: EventSink) -> ResumeState | None:
