@@ -353,13 +353,14 @@ def test_qemu_boot_starts_the_guest(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("finish", ["finalize", "abort"])
-def test_null_discards(finish: str) -> None:
-    target = NullTarget(TargetOptions())
+def test_null_discards(finish: str, tmp_path: Path) -> None:
+    target = NullTarget(TargetOptions(discard_dir=tmp_path))
     vm = make_vm()
     target.check(vm)
     outs = target.setup(vm, [MIB, MIB])
     folder = outs[0].path.parent
     assert folder.is_dir() and folder.name.startswith("vmshift-null-")
+    assert folder.parent == tmp_path
     for o in outs:
         fake_copy(o)
     if finish == "finalize":

@@ -255,11 +255,19 @@ def make_target(args: argparse.Namespace, out: mode_options.OutputOptions) -> Ta
         qemu_boot=out.qemu_boot,
         rhv_data_domain_type=args.rhv_data_domain_type,
         domain_type=args.domain_type,
+        discard_dir=_discard_dir(),
     )
     if args.qemu_boot and args.output != "qemu":
         raise UsageError("--qemu-boot works only with -o qemu")
     target: Target = _instantiate(TARGETS, output_name(args), "output", opts)
     return target
+
+
+def _discard_dir() -> Path | None:
+    """Where -o null writes: $TMPDIR if the user set one (None: tempfile honours it), else
+    /var/tmp, disk-backed unlike /tmp on many hosts."""
+    var_tmp = Path("/var/tmp")
+    return var_tmp if not os.environ.get("TMPDIR") and var_tmp.is_dir() else None
 
 
 def output_name(args: argparse.Namespace) -> str:

@@ -78,6 +78,9 @@ class TargetOptions:
     # -o libvirt asks the target's libvirtd what it can run. Never this host's accelerator:
     # what vmshift writes describes the target, not the conversion host.
     domain_type: str | None = None
+    # -o null: the directory its copy is written to and thrown away (None: the temporary
+    # directory, tempfile's choice).
+    discard_dir: Path | None = None
 
 
 @dataclass(frozen=True)

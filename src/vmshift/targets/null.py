@@ -1,14 +1,14 @@
 """-o null: convert and copy, then throw the result away.
 
 For measuring a conversion, or checking that one works, without the disk space it needs for
-keeps: the copier writes into a private temporary directory that finalize removes. The data
+keeps: the copier writes into a private temporary directory (under TargetOptions.discard_dir)
+that finalize removes. The data
 is really written (the copy path is the same as for any target), only never kept. The
 directory has an owner stamp, like a work directory: check() removes those of killed runs.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -32,12 +32,12 @@ class NullTarget:
 
     def check(self, vm: SourceVM) -> None:
         check_format_options(self._opts)
-        for dead in sweep_dead_runs(_big_tmp(), PREFIX):
+        for dead in sweep_dead_runs(self._opts.discard_dir, PREFIX):
             self.swept.append(f"removed {dead}: the -o null output of a run that was killed")
 
     def setup(self, vm: SourceVM, sizes: list[int]) -> list[OutputDisk]:
         try:
-            self._dir = make_workdir(_big_tmp(), PREFIX)
+            self._dir = make_workdir(self._opts.discard_dir, PREFIX)
         except OSError as exc:
             raise TargetError(f"-o null: cannot create a temporary directory: {exc}") from exc
         return [
@@ -64,11 +64,3 @@ class NullTarget:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
-
-
-def _big_tmp() -> Path | None:
-    """$TMPDIR if the user set one, else /var/tmp (disk-backed, unlike /tmp on many hosts)."""
-    if os.environ.get("TMPDIR"):
-        return None  # tempfile honours it
-    var_tmp = Path("/var/tmp")
-    return var_tmp if var_tmp.is_dir() else None
