@@ -13,6 +13,7 @@ from vmshift.convert.base import ConvertOptions
 from vmshift.convert.windows.hives import HiveCache
 from vmshift.errors import ConversionError
 from vmshift.guest.registry import Hive, HiveEditor
+from vmshift.guest.windows_facts import case_path
 from vmshift.model.caps import Change
 from vmshift.model.inspection import OperatingSystem
 from vmshift.model.vm import SourceVM
@@ -61,11 +62,7 @@ class WindowsGuest:
 
     def case_path(self, path: str) -> str | None:
         """The real path of a file on the case-insensitive NTFS volume, or None if absent."""
-        try:
-            real: str = self.g.case_sensitive_path(path)
-            return real if self.g.exists(real) else None
-        except RuntimeError:
-            return None
+        return case_path(self.g, path)
 
     def hive_path(self, which: str) -> str:
         """Where the SYSTEM or SOFTWARE hive lives in the guest."""
