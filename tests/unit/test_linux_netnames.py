@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from vmshift.convert.linux import context, netnames, network, tools_removal
+from vmshift.convert.linux import context, netnames, network, tools_removal, tools_text
 from vmshift.convert.linux.context import LinuxGuest
 from vmshift.convert.linux.netnames import Binding
 from vmshift.errors import ConversionError
@@ -187,7 +187,7 @@ def test_rename_interface_and_drop_mac() -> None:
     )
 
 
-# --- tools_removal: pure text edits --------------------------------------------------------
+# --- tools_text: the pure text edits of tools_removal ---------------------------------------
 
 
 def test_dpkg_installed() -> None:
@@ -196,7 +196,7 @@ def test_dpkg_installed() -> None:
         "Package: xe-guest-utilities\nStatus: deinstall ok config-files\n\n"
         "Package: bash\nStatus: install ok half-configured\n"
     )
-    assert tools_removal.dpkg_installed(status) == {"open-vm-tools", "bash"}
+    assert tools_text.dpkg_installed(status) == {"open-vm-tools", "bash"}
 
 
 def test_vmware_locations() -> None:
@@ -207,18 +207,18 @@ def test_vmware_locations() -> None:
         "file /lib/modules/3.10.0/misc/vmxnet.ko 1700000001\n"
         "file /boot/initrd-3.10.0.img 1700000002\n"
     )
-    files, dirs = tools_removal.vmware_locations(text)
+    files, dirs = tools_text.vmware_locations(text)
     assert files == ["/usr/bin/vmware-toolbox-cmd", "/lib/modules/3.10.0/misc/vmxnet.ko"]
     assert dirs == ["/usr/lib/vmware-tools"]
 
 
 def test_restore_gettys_and_initrd_modules() -> None:
     inittab = "id:3:initdefault:\n#1:2345:respawn:/sbin/mingetty tty1\n# comment\n"
-    new, changed = tools_removal.restore_gettys(inittab)
+    new, changed = tools_text.restore_gettys(inittab)
     assert new == "id:3:initdefault:\n1:2345:respawn:/sbin/mingetty tty1\n# comment\n"
     assert changed == ["tty1"]
     kernel = 'INITRD_MODULES="xenblk ahci xen-vnif"\nDOMU_INITRD_MODULES="xennet xenblk"\nX=1\n'
-    new, removed = tools_removal.drop_xen_initrd_modules(kernel)
+    new, removed = tools_text.drop_xen_initrd_modules(kernel)
     assert new == 'INITRD_MODULES="ahci"\nDOMU_INITRD_MODULES=""\nX=1\n'
     assert removed == ["xenblk", "xen-vnif", "xennet", "xenblk"]
 
@@ -226,7 +226,7 @@ def test_restore_gettys_and_initrd_modules() -> None:
 def test_disable_hypervisor_mounts() -> None:
     fstab = "/dev/sda1 / ext4 defaults 0 1\n.host:/ /mnt/hgfs fuse.vmhgfs-fuse allow_other 0 0\n"
     fstab += "share /media/sf vboxsf defaults 0 0\n# x /y vboxsf\n"
-    new, changed = tools_removal.disable_hypervisor_mounts(fstab)
+    new, changed = tools_text.disable_hypervisor_mounts(fstab)
     assert changed == ["/mnt/hgfs", "/media/sf"]
     assert new.splitlines()[0] == "/dev/sda1 / ext4 defaults 0 1"
     assert new.count("# disabled by vmshift") == 2
@@ -238,21 +238,21 @@ def test_disable_repos() -> None:
         "[vmware-tools]\nname=VMware Tools\nbaseurl=https://packages.vmware.com/tools/esx/latest/"
         "rhel7/x86_64\nenabled=1\ngpgcheck=1\n"
     )
-    new, disabled = tools_removal.disable_ini_repos(repo, whole_file=False)
+    new, disabled = tools_text.disable_ini_repos(repo, whole_file=False)
     assert disabled == ["vmware-tools"]
     assert "[vmware-tools]\nenabled=0\nname=VMware Tools\n" in new
     assert "[base]\nname=Base\n" in new and new.count("enabled") == 1
-    assert tools_removal.disable_ini_repos(new, whole_file=False) == (new, [])
-    assert tools_removal.disable_ini_repos("[x]\nbaseurl=file:///r\n", whole_file=True)[1] == ["x"]
+    assert tools_text.disable_ini_repos(new, whole_file=False) == (new, [])
+    assert tools_text.disable_ini_repos("[x]\nbaseurl=file:///r\n", whole_file=True)[1] == ["x"]
 
     apt = "deb http://deb.debian.org/debian bookworm main\n"
     apt += "deb [arch=amd64] https://packages.vmware.com/packages/ubuntu focal main\n"
-    new, disabled = tools_removal.disable_apt_list(apt, whole_file=False)
+    new, disabled = tools_text.disable_apt_list(apt, whole_file=False)
     assert disabled == ["https://packages.vmware.com/packages/ubuntu"]
     assert new.splitlines()[1].startswith("# disabled by vmshift: deb [arch")
     sources = "Types: deb\nURIs: https://deb.debian.org/debian\n\n"
     sources += "Types: deb\nURIs: https://packages.vmware.com/x\nEnabled: yes\n"
-    new, disabled = tools_removal.disable_deb822(sources, whole_file=False)
+    new, disabled = tools_text.disable_deb822(sources, whole_file=False)
     assert new == (
         "Types: deb\nURIs: https://deb.debian.org/debian\n\n"
         "Types: deb\nEnabled: no\nURIs: https://packages.vmware.com/x\n"
@@ -262,20 +262,20 @@ def test_disable_repos() -> None:
 def test_rewrite_aliases() -> None:
     conf = "alias eth0 xennet\nalias scsi_hostadapter xenblk\n# alias eth1 pcnet32\n"
     conf += "alias scsi_hostadapter1 mptspi\noptions e1000 x=1\n"
-    new, changes, first = tools_removal.rewrite_aliases(conf, "virtio_blk", "virtio_net", False)
+    new, changes, first = tools_text.rewrite_aliases(conf, "virtio_blk", "virtio_net", False)
     assert new == (
         "alias eth0 virtio_net\nalias scsi_hostadapter virtio_blk\n# alias eth1 pcnet32\n"
         "# disabled by vmshift (one disk controller now): alias scsi_hostadapter1 mptspi\n"
         "options e1000 x=1\n"
     )
     assert first and len(changes) == 3
-    assert tools_removal.xen_module_lines(conf) == [
+    assert tools_text.xen_module_lines(conf) == [
         "alias eth0 xennet",
         "alias scsi_hostadapter xenblk",
     ]
-    assert tools_removal.xen_module_lines(new) == []
+    assert tools_text.xen_module_lines(new) == []
     # A later file's scsi_hostadapter is disabled: the first file had one.
-    again, _, _ = tools_removal.rewrite_aliases("alias scsi_hostadapter ahci\n", "x", "y", True)
+    again, _, _ = tools_text.rewrite_aliases("alias scsi_hostadapter ahci\n", "x", "y", True)
     assert again.startswith("# disabled")
 
 

@@ -31,15 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from vmshift.errors import ConfigError, VmshiftError
-from vmshift.fleet.plan import (
-    GuestSpec,
-    Plan,
-    SourceSelection,
-    guest_name,
-    source_host,
-    target_storage,
-    with_guests,
-)
+from vmshift.fleet.convert_line import guest_name, source_host, target_storage
+from vmshift.fleet.plan import GuestSpec, Plan, SourceSelection, with_guests
 from vmshift.sources.vsphere import connect, vpx_host
 from vmshift.sources.vsphere_uri import VsphereUri, parse_vsphere_uri
 

@@ -13,7 +13,8 @@ The steps run in this order on the guest mounted read-write (the overlay, never 
     bootloader     default kernel, regenerate grub config (picks up command-line edits)
     finish         SELinux relabel, stale caches
 
-Each step lives in its own module, takes the LinuxGuest context and records what it changed.
+Each step lives in its own module, takes the LinuxGuest context and records what it changed
+(tools_removal's text edits, pure functions, are in tools_text).
 """
 
 from __future__ import annotations
