@@ -29,6 +29,7 @@ from vmshift.model.inspection import (
     InspectionReport,
     LinuxDetails,
     OperatingSystem,
+    OsIdentity,
     WindowsDetails,
 )
 
@@ -36,11 +37,7 @@ log = logging.getLogger(__name__)
 
 ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 # The OperatingSystem fields that are the root's facts as inspection found them.
-IDENTITY = tuple(
-    f.name
-    for f in dataclasses.fields(RootFacts)
-    if f.name not in ("mountpoints", "filesystems", "inspect_os", "windows")
-)
+IDENTITY = tuple(f.name for f in dataclasses.fields(OsIdentity))
 
 
 def inspect_images(

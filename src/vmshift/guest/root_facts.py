@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vmshift.model.inspection import OsIdentity
+
 
 @dataclass(frozen=True)
 class WindowsRegistry:
@@ -18,21 +20,9 @@ class WindowsRegistry:
 
 
 @dataclass(frozen=True)
-class RootFacts:
+class RootFacts(OsIdentity):
     """What libguestfs's inspect_get_* calls answer for one root."""
 
-    root: str
-    type: str
-    distro: str
-    product_name: str
-    product_variant: str
-    major_version: int
-    minor_version: int
-    arch: str
-    hostname: str
-    package_format: str
-    package_manager: str
-    osinfo: str
     mountpoints: dict[str, str]
     filesystems: tuple[str, ...]
     inspect_os: bool = True  # False: found here, so libguestfs's handle knows nothing of it

@@ -128,7 +128,11 @@ class WindowsDetails:
 
 
 @dataclass(frozen=True)
-class OperatingSystem:
+class OsIdentity:
+    """What an operating system is, as inspection names it (libguestfs's inspect_get_*
+    answers): guest/root_facts.py's RootFacts, before the rest of inspection looks at the
+    root, and OperatingSystem, after."""
+
     root: str
     type: str
     distro: str
@@ -141,6 +145,10 @@ class OperatingSystem:
     package_format: str
     package_manager: str
     osinfo: str
+
+
+@dataclass(frozen=True)
+class OperatingSystem(OsIdentity):
     firmware: str  # bios or uefi
     mountpoints: dict[str, str]
     filesystems: tuple[Filesystem, ...]
