@@ -166,20 +166,18 @@ def run_conversion(
     if opts.resume_key is not None:
         kept = resume.kept_state(opts.workdir_parent, opts.resume_key, opts.resume, sink)
     workdir = kept.workdir if kept is not None else make_workdir(opts.workdir_parent)
-    keep = False
+    # A resume leaves the state it took over as it found it until its copy starts: a signal,
+    # a source that cannot be reached yet or a refusal before then costs it nothing.
+    keep = kept is not None
     try:
         sink(StageEvent("source", "reading the source"))
         if isinstance(source, ReportingSource):
             source.report_to(sink)
         # A resume converts nothing: the overlays hold the converted disks.
-        try:
-            if kept is not None:
-                vm = resume.reopen(kept, source)
-            else:
-                vm = _overridden(source.open(workdir), opts)
-        except resume.KeptSourceError:
-            keep = True  # the source cannot be reached yet: the kept copy stays
-            raise
+        if kept is not None:
+            vm = resume.reopen(kept, source)
+        else:
+            vm = _overridden(source.open(workdir), opts)
         for warning in vm.warnings:
             sink(WarningEvent(warning))
         # Everything that can be refused quickly is refused before the slow work.
@@ -189,6 +187,7 @@ def run_conversion(
             for removed in getattr(target, "swept", ()):
                 sink(WarningEvent(removed))
         try:
+            keep = False  # from here resume.settle() decides
             remote = vm.read_remotely
             if kept is not None:
                 result = _resume_copy(kept, target, opts, sink, remote=remote)
@@ -216,6 +215,10 @@ def run_conversion(
             except KeyboardInterrupt as exc:
                 raise BootCheckInterrupted(result.target.description) from exc
             result = dataclasses.replace(result, boot=verdict)
+    except KeyboardInterrupt as exc:
+        if keep and not isinstance(exc, resume.KeptForResume):  # a resume, before its copy
+            raise resume.KeptForResume(workdir) from exc
+        raise
     finally:
         try:
             source.close()

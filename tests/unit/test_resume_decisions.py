@@ -19,6 +19,7 @@ from vmshift.cli.signals import GUARD
 from vmshift.errors import CopyError, SourceError
 from vmshift.model.caps import GuestCaps
 from vmshift.model.vm import DiskEndpoint, Firmware, SourceDisk, SourceVM
+from vmshift.pipeline import RunOptions, run_conversion
 from vmshift.targets.base import TargetOptions
 from vmshift.targets.libvirt import LibvirtTarget
 from vmshift.targets.local import LocalTarget
@@ -128,7 +129,9 @@ class _SignalIn(Generic[T]):
         return result
 
 
-def _copying(tmp_path: Path) -> tuple[LocalTarget, Path, Path]:
+def _copying(
+    tmp_path: Path, remote: tuple[str, ...] | None = ("vm 42",)
+) -> tuple[LocalTarget, Path, Path]:
     """A -o local run killed in its copy: the lock held, a partial temporary output, the
     resume state written: (target, temporary output, work directory)."""
     (tmp_path / "out").mkdir()
@@ -140,9 +143,7 @@ def _copying(tmp_path: Path) -> tuple[LocalTarget, Path, Path]:
     output.path.write_bytes(b"half a copy")
     caps = GuestCaps("virtio-blk", "virtio", "virtio", "q35", Firmware.BIOS, "x86_64")
     overlay = Overlay(workdir / "sda.qcow2", vm.disks[0].endpoint, "sda")
-    state = resume.ResumeState(
-        workdir, "key", vm, LINUX, caps, (overlay,), (output,), (), ("vm 42",)
-    )
+    state = resume.ResumeState(workdir, "key", vm, LINUX, caps, (overlay,), (output,), (), remote)
     resume.save(state)
     return target, output.path, workdir
 
@@ -189,4 +190,25 @@ def test_a_signal_while_a_failed_copy_is_removed_removes_it_all(
     assert resume.settle(failed, workdir, target, lambda: None, lambda: False) is failed
     assert abort.calls == 2 and not output.exists()
     resume.forget(workdir)  # what the pipeline's finally does next
+    _next_run_accepts(tmp_path)
+
+
+def test_a_resume_interrupted_before_its_copy_keeps_the_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal while a resume reads the source or checks the target (before its copy starts
+    again) leaves the state it took over as it found it: still resumable, its outputs claimed."""
+    target, output, workdir = _copying(tmp_path, remote=None)
+    target.keep_for_resume()  # as the interrupted run left it
+    resumed = LocalTarget(TargetOptions(storage=str(tmp_path / "out"), name="g"))
+
+    def signal(_vm: SourceVM) -> None:
+        raise KeyboardInterrupt("SIGINT")
+
+    monkeypatch.setattr(resumed, "check", signal)
+    opts = RunOptions(workdir_parent=tmp_path, resume_key="key", resume=True)
+    with pytest.raises(resume.KeptForResume):
+        run_conversion(Remote(), resumed, opts, lambda _event: None)
+    assert output.read_bytes() == b"half a copy"
+    assert resume.find(tmp_path, "key") == [workdir]
     _next_run_accepts(tmp_path)
