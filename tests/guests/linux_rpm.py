@@ -92,11 +92,15 @@ def rhel() -> Recipe:
             f"crashkernel=1G-4G:192M,4G-64G:256M,64G-:512M resume=UUID={fmt.uuids['swap']} "
             "rhgb quiet"
         )
-        linux_files.default_grub(
+        # As RHEL 9's installer writes it: the saved entry (grubby sets it), no
+        # GRUB_CMDLINE_LINUX_DEFAULT; the BLS entries' options are GRUB_CMDLINE_LINUX's.
+        linux_files.write(
             root,
-            "\"$(sed 's, release .*$,,g' /etc/system-release)\"",
-            cmdline,
-            'GRUB_DISABLE_SUBMENU=true\nGRUB_TERMINAL_OUTPUT="console"\n'
+            "etc/default/grub",
+            "GRUB_TIMEOUT=5\n"
+            "GRUB_DISTRIBUTOR=\"$(sed 's, release .*$,,g' /etc/system-release)\"\n"
+            "GRUB_DEFAULT=saved\nGRUB_DISABLE_SUBMENU=true\nGRUB_TERMINAL_OUTPUT=\"console\"\n"
+            f'GRUB_CMDLINE_LINUX="{cmdline}"\n'
             'GRUB_DISABLE_RECOVERY="true"\nGRUB_ENABLE_BLSCFG=true\n',
         )
         linux_files.grub_bls(
