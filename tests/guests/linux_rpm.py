@@ -99,7 +99,7 @@ def rhel() -> Recipe:
             "etc/default/grub",
             "GRUB_TIMEOUT=5\n"
             "GRUB_DISTRIBUTOR=\"$(sed 's, release .*$,,g' /etc/system-release)\"\n"
-            "GRUB_DEFAULT=saved\nGRUB_DISABLE_SUBMENU=true\nGRUB_TERMINAL_OUTPUT=\"console\"\n"
+            'GRUB_DEFAULT=saved\nGRUB_DISABLE_SUBMENU=true\nGRUB_TERMINAL_OUTPUT="console"\n'
             f'GRUB_CMDLINE_LINUX="{cmdline}"\n'
             'GRUB_DISABLE_RECOVERY="true"\nGRUB_ENABLE_BLSCFG=true\n',
         )

@@ -2,12 +2,20 @@
 
 The overlay is a qcow2 opened with discard enabled: fstrim inside the guest filesystems turns
 free space into unallocated (zero) clusters, which the copier then skips.
+
+The converters leave the guest's filesystems mounted, and synced (their last step): the
+journal is committed, so the blocks conversion freed (removed packages, replaced files) are
+free on disk, and fstrim discards them where they are mounted. Only the filesystems nothing
+mounted (a data disk, a partition no fstab names) are then mounted one by one. Trimming in
+place saves a mount and an unmount per filesystem, about 0.3 s each under TCG
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from vmshift.guest.probes import blkid_tags, plain_devices
 from vmshift.guest.session import GuestSession
@@ -20,9 +28,15 @@ TRIMMABLE = {"ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "ntfs", "f2fs"}
 
 def trim_filesystems(session: GuestSession, oses: Sequence[OperatingSystem]) -> None:
     g = session.g
+    trimmed: set[str] = set()
+    mounted: dict[str, str] = dict(g.mountpoints())  # device -> mountpoint, as conversion left
+    # Outermost first: the order does not matter to fstrim, only to the log's readability.
+    for device, mountpoint in sorted(mounted.items(), key=lambda item: len(item[1])):
+        _fstrim(g, device, mountpoint)
+        trimmed.add(device)
     g.umount_all()
     for device, fstype in sorted(_filesystems(session, oses).items()):
-        if fstype not in TRIMMABLE:
+        if device in trimmed or fstype not in TRIMMABLE:
             continue
         try:
             g.mount(device, "/")
@@ -30,13 +44,18 @@ def trim_filesystems(session: GuestSession, oses: Sequence[OperatingSystem]) -> 
             log.info("not trimming %s: cannot mount it: %s", device, exc)
             continue
         try:
-            g.fstrim("/")
-            log.info("trimmed free space on %s", device)
-        except RuntimeError as exc:
-            # Some filesystems or drivers cannot discard; the copy is just bigger.
-            log.info("fstrim on %s failed: %s", device, exc)
+            _fstrim(g, device, "/")
         finally:
             g.umount_all()
+
+
+def _fstrim(g: Any, device: str, mountpoint: str) -> None:
+    try:
+        g.fstrim(mountpoint)
+        log.info("trimmed free space on %s", device)
+    except RuntimeError as exc:
+        # Some filesystems or drivers cannot discard; the copy is just bigger.
+        log.info("fstrim on %s failed: %s", device, exc)
 
 
 def _filesystems(session: GuestSession, oses: Sequence[OperatingSystem]) -> dict[str, str]:
