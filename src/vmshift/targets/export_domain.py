@@ -27,6 +27,7 @@ from pathlib import Path
 from vmshift.errors import TargetError
 from vmshift.formats.vdsm import DomainMetadata, parse_domain_metadata
 from vmshift.process import CommandFailed, Owner, run
+from vmshift.targets.writable import probe_file
 
 log = logging.getLogger(__name__)
 
@@ -212,13 +213,7 @@ class ExportDomain:
     def _settle_ownership(self) -> Ownership:
         """Make a probe file the way the disks will be made, and see who owns it."""
         images = self.root / "images"
-        try:
-            fd, probe_name = tempfile.mkstemp(prefix=".vmshift-probe-", dir=images)
-        except OSError as exc:
-            raise TargetError(f"{images}: cannot create files there: {exc.strerror}") from exc
-        os.close(fd)
-        probe = Path(probe_name)
-        try:
+        with probe_file(images, str(images)) as probe:
             st = probe.stat()
             if (st.st_uid, st.st_gid) == (VDSM_UID, VDSM_GID):
                 return Ownership(None)  # e.g. NFS all_squash to 36:36: nothing to do
@@ -239,9 +234,6 @@ class ExportDomain:
                 "not vdsm:kvm (36:36) as RHV needs to import them; run as root, or "
                 "chown -R 36:36 the new files before importing",
             )
-        finally:
-            with contextlib.suppress(OSError):
-                probe.unlink()
 
     def shown(self, path: Path) -> Path:
         """path as the user names it: HOST:/PATH/... for a domain this run mounted."""

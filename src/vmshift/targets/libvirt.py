@@ -16,8 +16,6 @@ through libvirt's volume upload API.
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, cast
@@ -42,6 +40,7 @@ from vmshift.targets.local import (
 )
 from vmshift.targets.output_lock import OutputLock, temporary_names
 from vmshift.targets.platform import cpu_model_decision, secure_boot_decision
+from vmshift.targets.writable import check_writable
 
 DEFAULT_URI = "qemu:///system"
 DEFAULT_POOL = "default"
@@ -132,7 +131,7 @@ class LibvirtTarget:
                 raise TargetError(
                     f"-os {self._pool_name}: the pool's directory {path} is not on this host"
                 )
-            _check_writable(path, self._pool_name)
+            check_writable(path, f"-os {self._pool_name}: the pool's directory {path}")
             self._pool_dir = path
         elif self._opts.format != "raw":
             raise TargetError(
@@ -380,14 +379,3 @@ class LibvirtTarget:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
-
-
-def _check_writable(path: Path, pool: str) -> None:
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".vmshift-probe-", dir=path)
-    except OSError as exc:
-        raise TargetError(
-            f"-os {pool}: cannot create files in the pool's directory {path}: {exc.strerror}"
-        ) from exc
-    os.close(fd)
-    Path(probe).unlink()

@@ -41,6 +41,7 @@ from vmshift.targets.platform import (
     libvirt_knows_cpu_model,
     secure_boot_decision,
 )
+from vmshift.targets.writable import check_writable
 
 FORMATS = ("raw", "qcow2")
 ALLOCATIONS = ("sparse", "preallocated")
@@ -189,16 +190,10 @@ class OutputDirectory:
             raise
 
     def _check_writable(self) -> None:
-        # os.access alone is fooled by read-only mounts for root and by ACLs; creating a file
-        # is the only honest answer, and os.access gives the clearer message when it knows.
+        # os.access gives the clearer message when it knows; a probe file the honest answer.
         if not os.access(self.dir, os.W_OK | os.X_OK):
             raise TargetError(f"-os {self.dir}: directory is not writable")
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".vmshift-probe-", dir=self.dir)
-        except OSError as exc:
-            raise TargetError(f"-os {self.dir}: cannot create files there: {exc.strerror}") from exc
-        os.close(fd)
-        Path(probe).unlink()
+        check_writable(self.dir, f"-os {self.dir}")
 
     def setup(self, sizes: list[int]) -> list[OutputDisk]:
         outs = []
