@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import vmshift
 from vmshift.guest import accel
 
 CPU_NO_VIRT = "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr pae mce cx8 sse sse2 hypervisor\n"
@@ -18,14 +21,42 @@ def test_cpu_flags() -> None:
     assert not accel.cpu_has_virtualisation("flags\t: avx512_vmxfoo\n")
 
 
-def test_environment_override(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def unforced() -> Iterator[None]:
+    """No accelerator forced before or after the test."""
+    accel.force(None)
+    yield
+    accel.force(None)
+
+
+def test_a_forced_accelerator_is_not_probed(
+    unforced: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(accel, "_probe_qemu_kvm", lambda: pytest.fail("probed"))
+    for value, name in (("tcg", "tcg"), (" KVM ", "kvm")):
+        accel.force(value)
+        assert accel.detect_accelerator() == accel.Accelerator(name, "set by VMSHIFT_ACCEL")
+    # The library does not read the variable itself: the CLI hands its value over.
     monkeypatch.setenv("VMSHIFT_ACCEL", "tcg")
-    assert accel._detect() == accel.Accelerator("tcg", "set by VMSHIFT_ACCEL")
+    accel.force(None)
+    assert accel._detect().reason != "set by VMSHIFT_ACCEL"
 
 
-def test_this_machine_is_judged_consistently(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unknown_accelerator_is_refused(unforced: None) -> None:
+    with pytest.raises(ValueError, match=r"^VMSHIFT_ACCEL=hvf: expected one of kvm, tcg$"):
+        accel.force("hvf")
+
+
+def test_the_cli_refuses_an_unknown_accelerator_in_one_line() -> None:
+    proc = vmshift(["inspect", "/nonexistent.img"], env={**os.environ, "VMSHIFT_ACCEL": "hvf"})
+    assert proc.returncode == 2
+    assert proc.stderr == "vmshift: error: VMSHIFT_ACCEL=hvf: expected one of kvm, tcg\n"
+
+
+def test_this_machine_is_judged_consistently(
+    unforced: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without vmx/svm the answer is TCG whatever /dev/kvm says, and no probe is attempted."""
-    monkeypatch.delenv("VMSHIFT_ACCEL", raising=False)
     cpuinfo = Path("/proc/cpuinfo").read_text()
     probes: list[bool] = []
     monkeypatch.setattr(accel, "_probe_qemu_kvm", lambda: probes.append(True))
@@ -37,8 +68,7 @@ def test_this_machine_is_judged_consistently(monkeypatch: pytest.MonkeyPatch) ->
         assert probes == [True]
 
 
-def test_failed_probe_means_tcg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("VMSHIFT_ACCEL", raising=False)
+def test_failed_probe_means_tcg(unforced: None, monkeypatch: pytest.MonkeyPatch) -> None:
     real_read = Path.read_text
 
     def fake_read(self: Path, *args: object, **kwargs: object) -> str:

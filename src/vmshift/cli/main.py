@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from vmshift import __version__
 from vmshift.cli.signals import GUARD
-from vmshift.errors import VmshiftError
+from vmshift.errors import UsageError, VmshiftError
+from vmshift.guest import accel
 from vmshift.resume import KeptForResume, KeptSourceError
 from vmshift.verify.boot import BootCheckInterrupted
 
@@ -90,6 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     _setup_logging(args.verbose)
+    try:
+        accel.force(os.environ.get(accel.FORCE_VARIABLE))
+    except ValueError as exc:
+        print(f"vmshift: error: {exc}", file=sys.stderr)
+        return UsageError.exit_code
     GUARD.install()
     try:
         rc: int = args.run(args)

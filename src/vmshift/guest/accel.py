@@ -19,6 +19,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT = 20.0
+# The variable that names the accelerator instead of probing. Read by the CLI (cli/main.py),
+# which hands its value to force(): the library takes it as a setting, not from os.environ.
+FORCE_VARIABLE = "VMSHIFT_ACCEL"
+CHOICES = ("kvm", "tcg")
 
 
 @dataclass(frozen=True)
@@ -63,9 +67,8 @@ def _probe_qemu_kvm() -> str | None:
 
 
 def _detect() -> Accelerator:
-    forced = os.environ.get("VMSHIFT_ACCEL", "").strip().lower()
-    if forced in {"kvm", "tcg"}:
-        return Accelerator(forced, "set by VMSHIFT_ACCEL")
+    if _forced:
+        return _forced[0]
     dev = Path("/dev/kvm")
     if not dev.exists():
         return Accelerator("tcg", "/dev/kvm does not exist")
@@ -83,9 +86,24 @@ def _detect() -> Accelerator:
     return Accelerator("kvm", "KVM probe succeeded")
 
 
+_forced: list[Accelerator] = []  # at most one: the accelerator force() was given
+
+
+def force(value: str | None) -> None:
+    """Use the accelerator value names (kvm or tcg, any case) instead of probing; None or ""
+    probes again. ValueError for any other value."""
+    name = (value or "").strip().lower()
+    if name and name not in CHOICES:
+        raise ValueError(f"{FORCE_VARIABLE}={value}: expected one of {', '.join(CHOICES)}")
+    _forced[:] = [Accelerator(name, f"set by {FORCE_VARIABLE}")] if name else []
+    detect_accelerator.cache_clear()
+
+
 @functools.cache
 def detect_accelerator() -> Accelerator:
-    """The accelerator to use for this process's appliances and VMs (probed once)."""
+    """The accelerator to use for this process's appliances and VMs: the one force() was
+    given, else probed once per process (a conversion is one process, fleet workers included:
+    they run `vmshift convert`)."""
     accel = _detect()
     log.info("using %s acceleration (%s)", accel.name.upper(), accel.reason)
     return accel
