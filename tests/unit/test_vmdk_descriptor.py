@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from vmshift.errors import DiskImageError
+from vmshift.formats.file_references import UnsafeReference, resolve_reference
 from vmshift.formats.vmdk_descriptor import (
     NO_PARENT,
     Extent,
-    UnsafeReference,
     VmdkDescriptor,
     VmdkDescriptorError,
     embedded_descriptor,
@@ -22,7 +22,6 @@ from vmshift.formats.vmdk_descriptor import (
     parse_descriptor,
     parse_sparse_header,
     read_descriptor,
-    resolve_reference,
 )
 
 HEADER = """\

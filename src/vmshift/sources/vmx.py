@@ -23,16 +23,18 @@ from pathlib import Path, PurePath
 
 from vmshift.blockio.imageinfo import probe_image
 from vmshift.errors import DiskImageError, SourceError, UsageError
+from vmshift.formats.file_references import (
+    UnsafeReference,
+    is_absolute_reference,
+    resolve_reference,
+)
 from vmshift.formats.vmdk_descriptor import (
     CREATE_TYPES,
     Extent,
-    UnsafeReference,
     VmdkDescriptor,
     VmdkDescriptorError,
     format_descriptor,
-    is_absolute_reference,
     read_descriptor_from,
-    resolve_reference,
 )
 from vmshift.formats.vmx import VmxFile, load_vmx
 from vmshift.model.devnames import scsi_disk_name
