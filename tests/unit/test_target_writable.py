@@ -27,7 +27,7 @@ def test_a_probe_is_removed_when_its_user_fails(tmp_path: Path) -> None:
 
 
 def test_a_read_only_filesystem_is_refused_naming_it(tmp_path: Path) -> None:
-    # Not what os.access is asked: the probe alone finds it (root passes permission checks).
+    # The probe by itself (the local target asks os.access first, which knows this one).
     with mounted_tmpfs(tmp_path / "ro", "1m") as ro:
         subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
         with pytest.raises(TargetError) as raised:
