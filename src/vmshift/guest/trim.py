@@ -28,15 +28,13 @@ TRIMMABLE = {"ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "ntfs", "f2fs"}
 
 def trim_filesystems(session: GuestSession, oses: Sequence[OperatingSystem]) -> None:
     g = session.g
-    trimmed: set[str] = set()
     mounted: dict[str, str] = dict(g.mountpoints())  # device -> mountpoint, as conversion left
     # Outermost first: the order does not matter to fstrim, only to the log's readability.
     for device, mountpoint in sorted(mounted.items(), key=lambda item: len(item[1])):
         _fstrim(g, device, mountpoint)
-        trimmed.add(device)
     g.umount_all()
     for device, fstype in sorted(_filesystems(session, oses).items()):
-        if device in trimmed or fstype not in TRIMMABLE:
+        if device in mounted or fstype not in TRIMMABLE:
             continue
         try:
             g.mount(device, "/")
